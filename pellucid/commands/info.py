@@ -1,0 +1,80 @@
+"""version, check, env, assets: the commands about pellucid itself rather than a container."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+from .. import __version__, config, protocol
+
+
+def version() -> int:
+    print(f"pellucid version {__version__}")
+    print(f"spec: 1.0.2")
+    print(f"agent protocol: {protocol.VERSION}")
+    print(f"python: {platform.python_version()}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from ..check import check as run_check
+    cfg = config.load(args.config)
+    report = run_check(cfg, os.path.join(args.root, ".vm"), refresh=not args.cached)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        for item in report.items:
+            level = "INFO" if item.ok else ("ERROR" if item.required else "WARN")
+            print(f"{level}[{item.name}] {item.detail}")
+        if report.boot:
+            b = report.boot
+            print(f"INFO[summary] accelerator={b['accelerator']} guest_kernel={b['guest_kernel']} "
+                  f"host_kernel={b['host_kernel']} rootfs_dax={str(b['rootfs_dax']).lower()} boot_ms={b['boot_ms']}")
+        print("System is capable of running pellucid" if report.ok else "System cannot run pellucid")
+    return 0 if report.ok else 1
+
+
+def env(args: argparse.Namespace) -> int:
+    from ..build import cache
+    from ..vm import accel
+    from ..vm.assets import resolve
+    from ..errors import AssetError
+    cfg = config.load(args.config)
+    out: dict = {
+        "config_file": cfg.path or f"{config.DEFAULT_PATH} (absent: defaults)",
+        "runtime": {"version": __version__, "root": args.root, "agent_protocol": protocol.VERSION},
+        "hypervisor": vars(cfg.hypervisor).copy(),
+        "assets": {**vars(cfg.assets), "kernel_path": cfg.kernel_path, "image_path": cfg.image_path},
+    }
+    try:
+        a = resolve(cfg)
+        out["assets"].update(kernel_resolved=a.kernel, kernel_release=a.kernel_release, kernel_key=a.kernel_key,
+                             image_resolved=a.image, image_key=a.image_key, image_size=a.image_size,
+                             image_packages=cache.manifest_of(a.image).get("packages", {}))
+        probe = accel.cached(cfg, a)
+        out["accelerator_probe"] = vars(probe) if probe else None
+    except AssetError as err:
+        out["assets"]["error"] = str(err)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for section, values in out.items():
+            if isinstance(values, dict):
+                print(f"[{section}]")
+                for k, v in values.items():
+                    print(f"  {k} = {json.dumps(v)}")
+            else:
+                print(f"{section} = {json.dumps(values)}")
+    return 0
+
+
+def assets(args: argparse.Namespace) -> int:
+    from ..build import kernel, rootfs
+    cfg = config.load(args.config)
+    k = kernel.ensure(cfg.assets.dir, cfg.assets.kernel_source)
+    i = rootfs.ensure(cfg.assets.dir)
+    print(f"kernel: {k}")
+    print(f"image: {i}")
+    return 0

@@ -1,0 +1,106 @@
+"""The runtime configuration: one TOML file, every key optional, defaults documented here."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/pellucid/config.toml"
+ENV_PATH = "PELLUCID_CONFIG"
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+MACHINES = ("q35", "microvm")
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    path: str = "/usr/bin/qemu-system-x86_64"
+    #: "q35" (legacy parts off, qboot, root image on virtio-pmem with DAX) or "microvm" (virtio-mmio, no DAX)
+    machine: str = "q35"
+    firmware: str = "/usr/share/qemu/qboot.rom"
+    #: "auto" probes KVM with a real boot and falls back to TCG; "kvm" or "tcg" force one
+    accelerator: str = "auto"
+    vcpus: int = 1
+    memory_mib: int = 256
+    #: the guest's serial console written to console.log in the VM's directory, kernel messages on
+    debug_console: bool = False
+    #: seconds to wait for the agent's handshake after QEMU starts
+    boot_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class AssetsConfig:
+    #: where built assets live, each in a directory named by the hash of its inputs
+    dir: str = "/var/lib/pellucid"
+    #: an explicit kernel or image path; empty means the one last built in ``dir``
+    kernel: str = ""
+    image: str = ""
+    kernel_source: str = "/usr/src/linux-source-6.1.tar.xz"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = ""
+    hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
+    assets: AssetsConfig = field(default_factory=AssetsConfig)
+
+    @property
+    def kernel_path(self) -> str:
+        return self.assets.kernel or os.path.join(self.assets.dir, "vmlinux")
+
+    @property
+    def image_path(self) -> str:
+        return self.assets.image or os.path.join(self.assets.dir, "root.img")
+
+
+def _section(cls: type, data: object, name: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key}")
+        want = type(known[key].default)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not want:
+            raise ConfigError(f"{name}.{key} must be a {want.__name__}")
+        values[key] = value
+    return cls(**values)
+
+
+def parse(text: str, path: str = "<string>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    unknown = set(data) - {"hypervisor", "assets"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    hv = _section(HypervisorConfig, data.get("hypervisor", {}), "hypervisor")
+    assets = _section(AssetsConfig, data.get("assets", {}), "assets")
+    if hv.accelerator not in ACCELERATORS:
+        raise ConfigError(f"{path}: hypervisor.accelerator must be one of {', '.join(ACCELERATORS)}")
+    if hv.machine not in MACHINES:
+        raise ConfigError(f"{path}: hypervisor.machine must be one of {', '.join(MACHINES)}")
+    if not 1 <= hv.vcpus <= 64:
+        raise ConfigError(f"{path}: hypervisor.vcpus must be between 1 and 64")
+    if not 64 <= hv.memory_mib <= 65536:
+        raise ConfigError(f"{path}: hypervisor.memory_mib must be between 64 and 65536")
+    return Config(path=path, hypervisor=hv, assets=assets)
+
+
+def load(path: str | None = None) -> Config:
+    """The configuration from ``path``, $PELLUCID_CONFIG or the default path; defaults if absent."""
+    path = path or os.environ.get(ENV_PATH) or DEFAULT_PATH
+    try:
+        with open(path) as f:
+            return parse(f.read(), path)
+    except FileNotFoundError:
+        if path != DEFAULT_PATH:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        return Config(path="")

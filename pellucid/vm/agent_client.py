@@ -1,0 +1,78 @@
+"""The host's end of the agent channel: requests with ids, responses matched back, events and
+stream data handed to callbacks. Everything read is bounded and checked (the guest is not trusted).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Callable
+
+from .. import protocol
+from ..errors import AgentError, VMError
+
+
+class AgentClient:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = protocol.FrameReader()
+        self._next_id = 1
+        self._responses: dict[int, protocol.Frame] = {}
+        self.on_event: Callable[[dict[str, Any]], None] = lambda event: None
+        self.on_stream: Callable[[int, bytes], None] = lambda id, data: None
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _pump(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            raise TimeoutError from None
+        if not data:
+            raise VMError("the agent channel closed (the VM stopped)")
+        try:
+            for frame in self.reader.feed(data):
+                self.handle(frame)
+        except protocol.ProtocolError as err:
+            raise VMError(f"agent sent an invalid frame: {err}") from None
+
+    def handle(self, frame: protocol.Frame) -> None:
+        if frame.kind == protocol.RESPONSE:
+            self._responses[frame.id] = frame
+        elif frame.kind == protocol.EVENT:
+            self.on_event(frame.json())
+        elif frame.kind == protocol.STREAM:
+            self.on_stream(frame.id, frame.payload)
+
+    def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Send one request and wait for its response; events seen meanwhile go to the callbacks."""
+        id = self._next_id
+        self._next_id = self._next_id % 0xFFFFFFFF + 1
+        self.send(protocol.request(id, op, args))
+        deadline = time.monotonic() + timeout
+        while id not in self._responses:
+            try:
+                self._pump(deadline)
+            except TimeoutError:
+                raise VMError(f"the agent did not answer {op!r} within {timeout:g}s") from None
+        return parse_response(self._responses.pop(id))
+
+
+def parse_response(frame: protocol.Frame) -> Any:
+    """The result of a response frame, or the :class:`AgentError` it carries."""
+    try:
+        msg = frame.json()
+        ok = protocol.field(msg, "ok", bool)
+        if ok:
+            return msg.get("result")
+        err = protocol.field(msg, "error", dict)
+        kind = protocol.field(err, "kind", str, max_len=64)
+        message = protocol.field(err, "message", str, max_len=4096)
+    except protocol.ProtocolError as e:
+        raise VMError(f"agent sent an invalid response: {e}") from None
+    raise AgentError(kind, message)

@@ -1,0 +1,116 @@
+"""The QEMU command line as a pure function of a :class:`VMSpec`: no I/O here, tested by comparing lists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import protocol
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+# q35 with every legacy part that can go switched off; qboot instead of SeaBIOS.
+Q35_OPTIONS = "sata=off,smbus=off,hpet=off,i8042=off,vmport=off,usb=off,graphics=off"
+ROOT_TAG = "pellucid-shared"  # mount tag of the 9p share that carries container filesystems
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory exported to the guest over virtio-9p."""
+
+    tag: str
+    path: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    qemu: str
+    machine: str  # "q35" or "microvm"
+    accelerator: str  # "kvm" or "tcg"
+    kernel: str
+    image: str
+    image_size: int
+    firmware: str
+    vcpus: int = 1
+    memory_mib: int = 256
+    name: str = "pellucid"
+    #: file descriptors, inherited by QEMU, of connected sockets for the agent port and QMP
+    agent_fd: int = -1
+    qmp_fd: int = -1
+    #: where the serial console goes: a file path, or "" for a bounded in-QEMU ring buffer
+    console_file: str = ""
+    debug: bool = False
+    shares: tuple[Share, ...] = field(default_factory=tuple)
+    extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
+
+
+def cpu_model(accelerator: str) -> str:
+    # Under TCG "max" gives RDRAND and the instructions Python's start-up benefits from.
+    return "host" if accelerator == "kvm" else "max"
+
+
+def kernel_cmdline(spec: VMSpec) -> str:
+    root = "root=/dev/pmem0 rootflags=dax" if spec.machine == "q35" else "root=/dev/vda"
+    args = [root, "rootfstype=ext4", "ro", "init=/sbin/init", "panic=-1", "console=ttyS0",
+            "8250.nr_uarts=1", "random.trust_cpu=on", "tsc=reliable" if spec.accelerator == "kvm" else "",
+            "printk.time=1" if spec.debug else "quiet", "" if spec.debug else "loglevel=3"]
+    if spec.machine == "q35":
+        args.append("pci=lastbus=0")
+    return " ".join(a for a in (*args, *spec.extra_cmdline) if a)
+
+
+def _bus(machine: str) -> str:
+    return "pci" if machine == "q35" else "device"
+
+
+def maxmem_mib(spec: VMSpec) -> int:
+    """Room above RAM for the root image's device memory, plus headroom for memory hot-plug."""
+    image_mib = -(-spec.image_size // (128 * MiB)) * 128
+    return spec.memory_mib + image_mib + 2048
+
+
+def build_argv(spec: VMSpec) -> list[str]:
+    if spec.machine not in ("q35", "microvm"):
+        raise ValueError(f"unknown machine {spec.machine}")
+    if spec.accelerator not in ("kvm", "tcg"):
+        raise ValueError(f"unknown accelerator {spec.accelerator}")
+    bus = _bus(spec.machine)
+    argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on", "-nodefaults", "-no-user-config",
+            "-display", "none", "-no-reboot"]
+    if spec.machine == "q35":
+        argv += ["-machine", f"q35,accel={spec.accelerator},{Q35_OPTIONS},mem-merge=on",
+                 "-bios", spec.firmware,
+                 "-m", f"{spec.memory_mib}M,slots=2,maxmem={maxmem_mib(spec)}M"]
+    else:
+        argv += ["-machine", f"microvm,accel={spec.accelerator},mem-merge=on,pic=off,pit=off,rtc=off,isa-serial=on",
+                 "-m", f"{spec.memory_mib}M"]
+    argv += ["-cpu", cpu_model(spec.accelerator), "-smp", str(spec.vcpus),
+             "-kernel", spec.kernel, "-append", kernel_cmdline(spec)]
+    # Root image: mapped from the host page cache once for all VMs. Read-only on the host side too,
+    # so a hostile guest cannot write into the file every VM shares.
+    if spec.machine == "q35":
+        argv += ["-object", f"memory-backend-file,id=rootmem,mem-path={spec.image},size={spec.image_size},"
+                            "share=on,readonly=on",
+                 "-device", "virtio-pmem-pci,memdev=rootmem,id=rootpmem"]
+    else:
+        argv += ["-drive", f"id=root,file={spec.image},format=raw,if=none,readonly=on,cache=none,aio=threads",
+                 "-device", "virtio-blk-device,drive=root"]
+    # Host <-> agent channel and QMP, over sockets QEMU inherits already connected.
+    argv += ["-chardev", f"socket,id=agent,fd={spec.agent_fd}",
+             "-device", f"virtio-serial-{bus},id=vser0",
+             "-device", f"virtserialport,bus=vser0.0,chardev=agent,name={protocol.AGENT_PORT_NAME}",
+             "-chardev", f"socket,id=qmp,fd={spec.qmp_fd}",
+             "-mon", "chardev=qmp,mode=control",
+             "-object", "rng-random,id=rng0,filename=/dev/urandom",
+             "-device", f"virtio-rng-{bus},rng=rng0"]
+    if spec.console_file:
+        argv += ["-chardev", f"file,id=console,path={spec.console_file}"]
+    else:
+        argv += ["-chardev", "ringbuf,id=console,size=65536"]
+    argv += ["-serial", "chardev:console"]
+    for i, share in enumerate(spec.shares):
+        ro = ",readonly=on" if share.readonly else ""
+        argv += ["-fsdev", f"local,id=fs{i},path={share.path},security_model=passthrough,multidevs=remap{ro}",
+                 "-device", f"virtio-9p-{bus},fsdev=fs{i},mount_tag={share.tag}"]
+    return argv

@@ -1,0 +1,57 @@
+"""The content-addressed asset cache and the kernel fragment checks."""
+
+import json
+import os
+
+from pellucid.build import cache, kernel
+
+
+def test_digest_separates_parts():
+    assert cache.digest(["ab", "c"]) != cache.digest(["a", "bc"])
+    assert cache.digest(["x"]) == cache.digest([b"x"])
+
+
+def test_commit_lookup_and_link(tmp_path):
+    assert cache.lookup(tmp_path, "kernel", "k1", "vmlinux") is None
+    staging = tmp_path / ".staging"
+    staging.mkdir()
+    (staging / "vmlinux").write_bytes(b"ELF")
+    path = cache.commit(tmp_path, "kernel", "k1", staging, {"release": "6.1"}, "vmlinux", "vmlinux")
+    assert path == tmp_path / "kernel-k1" / "vmlinux"
+    assert cache.lookup(tmp_path, "kernel", "k1", "vmlinux") == path
+    assert os.readlink(tmp_path / "vmlinux") == "kernel-k1/vmlinux"
+    assert cache.manifest_of(tmp_path / "vmlinux") == {"release": "6.1"}
+    # a second build moves the link; the first stays cached
+    staging2 = tmp_path / ".staging2"
+    staging2.mkdir()
+    (staging2 / "vmlinux").write_bytes(b"ELF2")
+    cache.commit(tmp_path, "kernel", "k2", staging2, {}, "vmlinux", "vmlinux")
+    assert os.readlink(tmp_path / "vmlinux") == "kernel-k2/vmlinux"
+    cache.point(tmp_path, "vmlinux", path)
+    assert (tmp_path / "vmlinux").read_bytes() == b"ELF"
+
+
+def test_incomplete_build_is_not_a_hit(tmp_path):
+    d = tmp_path / "image-k"
+    d.mkdir()
+    (d / "root.img").write_bytes(b"")
+    assert cache.lookup(tmp_path, "image", "k", "root.img") is None  # no manifest: interrupted build
+    (d / "manifest.json").write_text(json.dumps({}))
+    assert cache.lookup(tmp_path, "image", "k", "root.img") == d / "root.img"
+
+
+def test_kernel_fragment_is_checked_against_the_final_config():
+    frag = "CONFIG_A=y\nCONFIG_B=n\n# CONFIG_C is not set\nCONFIG_D=64\n"
+    final = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_D=64\n"
+    assert kernel.missing_options(frag, final) == ["CONFIG_C=n (got y)"]
+    assert kernel.missing_options("CONFIG_X=y\n", "") == ["CONFIG_X=y (got n)"]
+
+
+def test_our_fragment_asks_for_what_the_design_needs():
+    opts = kernel.parse_fragment(kernel.fragment_text())
+    for needed in ("CONFIG_PVH", "CONFIG_VIRTIO_PMEM", "CONFIG_FS_DAX", "CONFIG_NET_9P_VIRTIO", "CONFIG_9P_FS",
+                   "CONFIG_VIRTIO_CONSOLE", "CONFIG_VIRTIO_NET", "CONFIG_OVERLAY_FS", "CONFIG_SECCOMP_FILTER",
+                   "CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_DEVTMPFS", "CONFIG_EXT4_FS", "CONFIG_VIRTIO_MMIO"):
+        assert opts[needed] == "y", needed
+    assert opts["CONFIG_RTC_CLASS"] == "n"
+    assert "CONFIG_MODULES" not in opts or opts["CONFIG_MODULES"] == "n"

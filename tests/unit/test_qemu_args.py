@@ -1,0 +1,91 @@
+"""The QEMU command line builder: a pure function, checked by comparing lists."""
+
+import pytest
+
+from pellucid.vm.qemu_args import Share, VMSpec, build_argv, kernel_cmdline, maxmem_mib
+
+
+def spec(**kw):
+    base = dict(qemu="/usr/bin/qemu-system-x86_64", machine="q35", accelerator="tcg", kernel="/a/vmlinux",
+                image="/a/root.img", image_size=64 << 20, firmware="/usr/share/qemu/qboot.rom", agent_fd=5,
+                qmp_fd=6)
+    base.update(kw)
+    return VMSpec(**base)
+
+
+def pairs(argv, flag):
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_q35_machine_has_legacy_parts_off_and_qboot():
+    argv = build_argv(spec())
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    assert pairs(argv, "-machine") == [
+        "q35,accel=tcg,sata=off,smbus=off,hpet=off,i8042=off,vmport=off,usb=off,graphics=off,mem-merge=on"]
+    assert pairs(argv, "-bios") == ["/usr/share/qemu/qboot.rom"]
+    assert "-nodefaults" in argv and "-no-reboot" in argv
+    assert pairs(argv, "-cpu") == ["max"]
+    assert pairs(argv, "-m") == [f"256M,slots=2,maxmem={256 + 128 + 2048}M"]
+    assert pairs(argv, "-kernel") == ["/a/vmlinux"]
+
+
+def test_q35_root_is_read_only_virtio_pmem_with_dax():
+    argv = build_argv(spec())
+    assert pairs(argv, "-object")[0] == (
+        "memory-backend-file,id=rootmem,mem-path=/a/root.img,size=67108864,share=on,readonly=on")
+    assert "virtio-pmem-pci,memdev=rootmem,id=rootpmem" in pairs(argv, "-device")
+    cmdline = pairs(argv, "-append")[0]
+    assert "root=/dev/pmem0 rootflags=dax" in cmdline and " ro " in cmdline
+
+
+def test_microvm_uses_virtio_mmio_block_root_without_dax():
+    argv = build_argv(spec(machine="microvm"))
+    assert pairs(argv, "-machine")[0].startswith("microvm,accel=tcg")
+    assert "-bios" not in argv
+    assert pairs(argv, "-drive") == ["id=root,file=/a/root.img,format=raw,if=none,readonly=on,cache=none,aio=threads"]
+    devices = pairs(argv, "-device")
+    assert "virtio-blk-device,drive=root" in devices
+    assert "virtio-serial-device,id=vser0" in devices
+    assert "root=/dev/vda" in pairs(argv, "-append")[0]
+    assert "dax" not in pairs(argv, "-append")[0]
+
+
+def test_kvm_uses_host_cpu():
+    argv = build_argv(spec(accelerator="kvm"))
+    assert pairs(argv, "-cpu") == ["host"]
+    assert pairs(argv, "-machine")[0].startswith("q35,accel=kvm,")
+
+
+def test_channels_are_inherited_sockets():
+    argv = build_argv(spec())
+    chardevs = pairs(argv, "-chardev")
+    assert "socket,id=agent,fd=5" in chardevs
+    assert "socket,id=qmp,fd=6" in chardevs
+    assert "virtserialport,bus=vser0.0,chardev=agent,name=org.pellucid.agent.0" in pairs(argv, "-device")
+    assert pairs(argv, "-mon") == ["chardev=qmp,mode=control"]
+
+
+def test_console_is_a_bounded_ring_buffer_unless_debugging():
+    assert "ringbuf,id=console,size=65536" in pairs(build_argv(spec()), "-chardev")
+    argv = build_argv(spec(console_file="/x/console.log", debug=True))
+    assert "file,id=console,path=/x/console.log" in pairs(argv, "-chardev")
+    assert "quiet" not in pairs(argv, "-append")[0]
+    assert "quiet" in kernel_cmdline(spec())
+
+
+def test_shares_are_9p_with_passthrough_and_remapped_inodes():
+    argv = build_argv(spec(shares=(Share("pellucid-shared", "/run/x"), Share("ro", "/data", readonly=True))))
+    assert pairs(argv, "-fsdev") == [
+        "local,id=fs0,path=/run/x,security_model=passthrough,multidevs=remap",
+        "local,id=fs1,path=/data,security_model=passthrough,multidevs=remap,readonly=on"]
+    assert "virtio-9p-pci,fsdev=fs0,mount_tag=pellucid-shared" in pairs(argv, "-device")
+
+
+def test_maxmem_leaves_room_for_the_image():
+    assert maxmem_mib(spec(image_size=(128 << 20) + 1, memory_mib=512)) == 512 + 256 + 2048
+
+
+@pytest.mark.parametrize("bad", [dict(machine="pc"), dict(accelerator="hvf")])
+def test_unknown_machine_or_accelerator(bad):
+    with pytest.raises(ValueError):
+        build_argv(spec(**bad))
