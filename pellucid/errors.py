@@ -39,3 +39,7 @@ class ContainerError(PellucidError):
 
 class NotFound(ContainerError):
     """No container by that id."""
+
+
+class ContainerExists(ContainerError):
+    """A container by that id exists already."""
