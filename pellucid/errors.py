@@ -43,3 +43,15 @@ class NotFound(ContainerError):
 
 class ContainerExists(ContainerError):
     """A container by that id exists already."""
+
+
+class BundleError(ConfigError):
+    """A bundle, its config.json or an exec process file is missing or invalid."""
+
+
+class InvalidId(ContainerError):
+    """A container id that runc would refuse."""
+
+
+class HookError(PellucidError):
+    """An OCI hook could not be run, failed or timed out."""

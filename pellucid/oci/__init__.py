@@ -1,0 +1,1 @@
+"""OCI logic that needs no VM: bundles and their config.json, the default spec, features, hooks."""
