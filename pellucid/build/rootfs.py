@@ -55,7 +55,7 @@ main()
 def agent_sources() -> list[Path]:
     """The files of the pellucid package that go into the guest: the protocol and the guest code."""
     pkg = Path(__file__).resolve().parent.parent
-    return [pkg / "__init__.py", pkg / "protocol.py", *sorted((pkg / "guest").glob("*.py"))]
+    return [pkg / "__init__.py", pkg / "protocol.py", pkg / "linux.py", *sorted((pkg / "guest").glob("*.py"))]
 
 
 def candidate_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:

@@ -10,7 +10,7 @@ import platform
 from .. import __version__, config, protocol
 
 
-def version() -> int:
+def version(args: argparse.Namespace) -> int:
     print(f"pellucid version {__version__}")
     print(f"spec: 1.0.2")
     print(f"agent protocol: {protocol.VERSION}")

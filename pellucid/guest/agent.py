@@ -19,6 +19,8 @@ from . import boot
 
 PORTS_DIR = "/sys/class/virtio-ports"
 
+TICK_SECONDS = 0.5
+
 Handler = Callable[[dict[str, Any]], Any]
 
 
@@ -47,14 +49,16 @@ def find_port(name: str, timeout: float = 10.0) -> str:
 
 
 class Agent:
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, started_ms: int = 0) -> None:
         self.fd = fd
+        self.started_ms = started_ms  # when PID 1's Python reached the agent's code
         self.selector = selectors.DefaultSelector()
         self.reader = protocol.FrameReader()
         self.out = bytearray()
         self.handlers: dict[str, Handler] = {"hello": self.hello, "ping": self.ping}
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
         self.child_handlers: dict[int, Callable[[int], None]] = {}
+        self.on_tick: list[Callable[[], None]] = []
         self.selector.register(fd, selectors.EVENT_READ, self._on_channel)
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         os.set_blocking(wake_w, False)
@@ -74,9 +78,12 @@ class Agent:
     # The loop.
 
     def run(self) -> None:
+        # Children are reaped only here, never while a handler waits for its own subprocess.
         while True:
-            for key, mask in self.selector.select():
+            for key, mask in self.selector.select(TICK_SECONDS if self.on_tick else None):
                 key.data(mask)
+            for tick in self.on_tick:
+                tick()
 
     def _on_channel(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE and self.out:
@@ -167,15 +174,19 @@ class Agent:
             "kernel": os.uname().release,
             "boot_id": boot_id,
             "rootfs_dax": boot.root_is_dax(),
-            "init_ms": boot.init_started_ms(),
-            "uptime_ms": time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000,
+            "init_ms": self.started_ms,
+            "uptime_ms": boot.uptime_ms(),
         }
 
     def ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"uptime_ms": time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000}
+        return {"uptime_ms": boot.uptime_ms()}
 
 
 def main() -> None:
+    started_ms = boot.uptime_ms()
     boot.mount_base()
     fd = os.open(find_port(protocol.AGENT_PORT_NAME), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    Agent(fd).run()
+    agent = Agent(fd, started_ms)
+    from .containers import Containers  # after the port is open: its imports cost boot time
+    Containers(agent)
+    agent.run()

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
+import time
 
-from . import sysfs
+from .. import linux
 
 # (source, target, fstype, flags, data); the root image provides every target directory.
 BASE_MOUNTS = (
-    ("proc", "/proc", "proc", sysfs.MS_NOSUID | sysfs.MS_NODEV | sysfs.MS_NOEXEC, None),
-    ("sysfs", "/sys", "sysfs", sysfs.MS_NOSUID | sysfs.MS_NODEV | sysfs.MS_NOEXEC, None),
-    ("devtmpfs", "/dev", "devtmpfs", sysfs.MS_NOSUID, "mode=0755"),
-    ("devpts", "/dev/pts", "devpts", sysfs.MS_NOSUID | sysfs.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
-    ("shm", "/dev/shm", "tmpfs", sysfs.MS_NOSUID | sysfs.MS_NODEV, "mode=1777"),
-    ("tmpfs", "/run", "tmpfs", sysfs.MS_NOSUID | sysfs.MS_NODEV, "mode=0755"),
-    ("tmpfs", "/tmp", "tmpfs", sysfs.MS_NOSUID | sysfs.MS_NODEV, "mode=1777"),
-    ("cgroup2", "/sys/fs/cgroup", "cgroup2", sysfs.MS_NOSUID | sysfs.MS_NODEV | sysfs.MS_NOEXEC, None),
+    ("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, None),
+    ("sysfs", "/sys", "sysfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, None),
+    ("devtmpfs", "/dev", "devtmpfs", linux.MS_NOSUID, "mode=0755"),
+    ("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+    ("shm", "/dev/shm", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777"),
+    ("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
+    ("tmpfs", "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777"),
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, None),
 )
 
 
@@ -23,7 +24,9 @@ def mount_base() -> None:
     for source, target, fstype, flags, data in BASE_MOUNTS:
         if os.path.ismount(target) and target == "/dev":
             continue  # the kernel mounted devtmpfs itself (CONFIG_DEVTMPFS_MOUNT)
-        sysfs.mount(source, target, fstype, flags, data)
+        if target.startswith("/dev/"):
+            os.makedirs(target, exist_ok=True)  # devtmpfs starts empty of directories
+        linux.mount(source, target, fstype, flags, data)
     if not os.path.exists("/dev/ptmx"):
         os.symlink("pts/ptmx", "/dev/ptmx")
 
@@ -39,9 +42,5 @@ def root_is_dax() -> bool:
     return False
 
 
-def init_started_ms() -> int:
-    """When PID 1 was started, in ms since boot (from /proc/1/stat)."""
-    with open("/proc/1/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19]) * 1000 // os.sysconf("SC_CLK_TCK")
+def uptime_ms() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000

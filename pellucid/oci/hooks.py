@@ -20,19 +20,21 @@ __all__ = ["hooks_of", "run_hooks"]
 STDERR_TAIL = 4096
 
 
-def run_hooks(stage: str, hooks: list[dict], state: dict) -> None:
-    """Run ``hooks`` (as :func:`hooks_of` returns them); the first that fails stops the rest."""
+def run_hooks(stage: str, hooks: list[dict], state: dict, cwd: str | None = None) -> None:
+    """Run ``hooks`` (as :func:`hooks_of` returns them) in ``cwd`` (runc uses the bundle); the
+    first that fails stops the rest."""
     data = json.dumps(state, separators=(",", ":")).encode()
     for i, hook in enumerate(hooks):
-        failure = _run(hook, data)
+        failure = _run(hook, data, cwd)
         if failure:
             raise HookError(f"error running {stage} hook #{i}: {hook['path']}: {failure}")
 
 
-def _run(hook: dict, state: bytes) -> str:
+def _run(hook: dict, state: bytes, cwd: str | None) -> str:
     """Why the hook failed, or "" if it succeeded."""
     path = hook["path"]
-    env = dict(var.split("=", 1) for var in hook.get("env") or ())
+    # As runc (Go's exec with a nil Env): a hook without "env" inherits the runtime's environment.
+    env = None if hook.get("env") is None else dict(var.split("=", 1) for var in hook["env"])
     timeout = hook.get("timeout")
     stdin = os.memfd_create("pellucid-hook-state")
     stderr = os.memfd_create("pellucid-hook-stderr")
@@ -42,7 +44,7 @@ def _run(hook: dict, state: bytes) -> str:
             view = view[os.write(stdin, view):]
         os.lseek(stdin, 0, os.SEEK_SET)
         try:
-            process = subprocess.Popen(hook.get("args") or [path], executable=path, env=env, stdin=stdin,
+            process = subprocess.Popen(hook.get("args") or [path], executable=path, env=env, cwd=cwd, stdin=stdin,
                                        stdout=subprocess.DEVNULL, stderr=stderr, process_group=0)
         except OSError as err:
             return (err.strerror or str(err)).lower()

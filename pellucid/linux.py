@@ -1,4 +1,5 @@
-"""Thin wrappers for the system calls the agent needs and Python 3.11 lacks."""
+"""Thin wrappers for the Linux system calls Python 3.11 lacks. Used on both sides of the VM
+(the guest image carries this file beside the protocol)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+CLONE_NEWNET = 0x40000000
 
 
 def _check(result: int, what: str) -> None:
@@ -31,3 +34,11 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")

@@ -1,0 +1,463 @@
+"""Containers inside the VM. crun carries out each OCI config (namespaces, capabilities, seccomp,
+rlimits, mounts, cgroups); the agent owns the processes' stdio, reaps them (it is PID 1) and
+reports their exits. Hooks the host runs (prestart, createRuntime, poststart, poststop) were
+removed from the config by the host; createContainer and startContainer run here, by crun.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import termios
+import time
+from typing import Any
+
+from .. import protocol
+from .. import linux
+from .agent import Agent, AgentError
+
+CRUN = "/usr/bin/crun"
+CRUN_ROOT = "/run/crun"
+BUNDLES = "/run/pellucid/bundles"
+CGROUP_ROOT = "/sys/fs/cgroup"
+OUT_HIGH_WATER = 4 << 20  # stop reading container output while this much waits for the host
+EXIT_DRAIN_SECONDS = 2.0  # how long an exit waits for output still buffered in its pipes
+
+
+def _ident(args: dict[str, Any], name: str = "id") -> str:
+    value = protocol.field(args, name, str, max_len=1024)
+    if not value or "/" in value or value in (".", "..") or "\0" in value:
+        raise AgentError("invalid", f"invalid {name} {value!r}")
+    return value
+
+
+class Process:
+    """One process the host sees: a container's init or an exec'd process."""
+
+    def __init__(self, number: int, container: str, tty: bool) -> None:
+        self.number = number
+        self.container = container
+        self.tty = tty
+        self.pid = 0
+        self.stdin: int | None = None  # fd we write the process's stdin to (pty master when tty)
+        self.outputs: dict[int, int] = {}  # fd we read -> protocol stream fd (STDOUT/STDERR)
+        self.pending_in = bytearray()
+        self.status: int | None = None
+        self.exited_at = 0.0
+        self.reported = False
+
+
+class Containers:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.processes: dict[int, Process] = {}
+        self.inits: dict[str, int] = {}  # container id -> process number of its init
+        self._next = 1
+        self._throttled: list[int] = []
+        os.makedirs(BUNDLES, exist_ok=True)
+        agent.handlers.update({
+            "create_container": self.create, "start_container": self.start, "exec_process": self.exec,
+            "signal_process": self.signal, "resize": self.resize, "pause_container": self.pause,
+            "resume_container": self.resume, "delete_container": self.delete, "ps": self.ps,
+            "stats": self.stats, "update_container": self.update, "mount_share": self.mount_share,
+        })
+        agent.on_tick.append(self._tick)
+
+    # crun.
+
+    def _crun(self, *args: str, stdio: tuple[int, int, int] | None = None, timeout: float = 60.0,
+              console: socket.socket | None = None) -> tuple[subprocess.Popen, int | None]:
+        """Run crun; with ``console``, receive the pty master crun sends on it. Returns crun and that fd."""
+        log = f"/run/pellucid/crun-{os.getpid()}-{time.monotonic_ns()}.log"
+        argv = [CRUN, f"--root={CRUN_ROOT}", f"--log=file:{log}", "--log-format=json", *args]
+        if stdio is None:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        else:
+            proc = subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+        master = None
+        try:
+            if console is not None:
+                console.settimeout(timeout)
+                try:
+                    conn, _ = console.accept()
+                except socket.timeout:
+                    conn = None
+                if conn is not None:
+                    with conn:
+                        _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+                        master = fds[0] if fds else None
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        message = self._crun_error(log, proc)
+        if proc.returncode != 0:
+            if master is not None:
+                os.close(master)
+            raise AgentError("crun", message or f"crun {args[0]} failed with status {proc.returncode}")
+        return proc, master
+
+    @staticmethod
+    def _crun_error(log: str, proc: subprocess.Popen) -> str:
+        lines = []
+        try:
+            with open(log) as f:
+                for line in f.read(65536).splitlines():
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(entry, dict) and entry.get("level") == "error":
+                        lines.append(str(entry.get("msg", "")))
+            os.unlink(log)
+        except OSError:
+            pass
+        if not lines and proc.stderr is not None and proc.returncode:
+            lines.append(proc.stderr.read(4096).decode(errors="replace").strip())
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        return "; ".join(lines)[:4000]
+
+    def _crun_output(self, *args: str) -> str:
+        proc = subprocess.run([CRUN, f"--root={CRUN_ROOT}", *args], capture_output=True, timeout=30)
+        if proc.returncode != 0:
+            raise AgentError("crun", proc.stderr.decode(errors="replace").strip()[:4000])
+        return proc.stdout.decode(errors="replace")
+
+    # Processes and their stdio.
+
+    def _new_process(self, container: str, tty: bool) -> Process:
+        number = self._next
+        self._next += 1
+        proc = Process(number, container, tty)
+        self.processes[number] = proc
+        return proc
+
+    def _spawn(self, proc: Process, args: list[str], pid_file: str) -> None:
+        """Run ``crun create`` or ``crun exec`` with the process's stdio wired to the agent."""
+        console = None
+        child_fds: list[int] = []
+        try:
+            if proc.tty:
+                sock_path = f"/run/pellucid/console-{proc.number}.sock"
+                console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                console.bind(sock_path)
+                console.listen(1)
+                args = [args[0], f"--console-socket={sock_path}", *args[1:]]
+                devnull = os.open("/dev/null", os.O_RDWR)
+                child_fds = [devnull]
+                _, master = self._crun(*args, stdio=(devnull, devnull, devnull), console=console)
+                if master is None:
+                    raise AgentError("crun", "crun sent no terminal")
+                os.set_blocking(master, False)
+                proc.stdin = master
+                proc.outputs = {master: protocol.STDOUT}
+            else:
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                child_fds = [in_r, out_w, err_w]
+                try:
+                    self._crun(*args, stdio=(in_r, out_w, err_w))
+                except AgentError:
+                    for fd in (in_w, out_r, err_r):
+                        os.close(fd)
+                    raise
+                for fd in (in_w, out_r, err_r):
+                    os.set_blocking(fd, False)
+                proc.stdin = in_w
+                proc.outputs = {out_r: protocol.STDOUT, err_r: protocol.STDERR}
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+            if console is not None:
+                console.close()
+                os.unlink(sock_path)
+        with open(pid_file) as f:
+            proc.pid = int(f.read().strip())
+        os.unlink(pid_file)
+        self.agent.child_handlers[proc.pid] = lambda status, p=proc: self._exited(p, status)
+        for fd in proc.outputs:
+            self.agent.selector.register(fd, selectors.EVENT_READ, lambda mask, fd=fd, p=proc: self._read(p, fd))
+        self.agent.stream_handlers[protocol.stream_id(proc.number, protocol.STDIN)] = \
+            lambda data, p=proc: self._write_stdin(p, data)
+
+    def _read(self, proc: Process, fd: int) -> None:
+        if len(self.agent.out) > OUT_HIGH_WATER:
+            self.agent.selector.unregister(fd)
+            self._throttled.append(fd)
+            return
+        try:
+            data = os.read(fd, protocol.MAX_STREAM_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO on a pty master once the terminal's last user is gone
+        if data:
+            self.agent.send(protocol.stream(protocol.stream_id(proc.number, proc.outputs[fd]), data))
+            return
+        self._close_output(proc, fd)
+
+    def _close_output(self, proc: Process, fd: int) -> None:
+        stream = proc.outputs.pop(fd)
+        try:
+            self.agent.selector.unregister(fd)
+        except KeyError:
+            pass
+        if fd == proc.stdin:
+            proc.stdin = None
+        os.close(fd)
+        self.agent.send(protocol.stream(protocol.stream_id(proc.number, stream), b""))
+        self._maybe_report(proc)
+
+    def _write_stdin(self, proc: Process, data: bytes) -> None:
+        if proc.stdin is None:
+            return
+        if not data:  # the host closed stdin
+            if not proc.tty:
+                os.close(proc.stdin)
+                proc.stdin = None
+            return
+        proc.pending_in += data
+        self._flush_stdin(proc)
+
+    def _flush_stdin(self, proc: Process) -> None:
+        fd = proc.stdin
+        if fd is None:
+            proc.pending_in.clear()
+            return
+        try:
+            n = os.write(fd, proc.pending_in)
+            del proc.pending_in[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            proc.pending_in.clear()
+        if len(proc.pending_in) > OUT_HIGH_WATER:
+            proc.pending_in.clear()  # the process does not read its stdin: drop rather than grow
+
+    def _exited(self, proc: Process, status: int) -> None:
+        proc.status = 128 - status if status < 0 else status
+        proc.exited_at = time.monotonic()
+        self._maybe_report(proc)
+
+    def _maybe_report(self, proc: Process) -> None:
+        """The exit event follows the process's last output, or a bounded wait for it."""
+        if proc.status is None or proc.reported:
+            return
+        if proc.outputs and time.monotonic() - proc.exited_at < EXIT_DRAIN_SECONDS:
+            return
+        proc.reported = True
+        for fd in list(proc.outputs):
+            self._close_output(proc, fd)
+        if proc.stdin is not None and not proc.tty:
+            os.close(proc.stdin)
+        proc.stdin = None
+        self.agent.stream_handlers.pop(protocol.stream_id(proc.number, protocol.STDIN), None)
+        self.agent.emit("exit", process=proc.number, container=proc.container, status=proc.status)
+
+    def _tick(self) -> None:
+        if self._throttled and len(self.agent.out) < OUT_HIGH_WATER // 2:
+            for fd in self._throttled:
+                proc = next((p for p in self.processes.values() if fd in p.outputs), None)
+                if proc is not None:
+                    self.agent.selector.register(fd, selectors.EVENT_READ, lambda m, fd=fd, p=proc: self._read(p, fd))
+            self._throttled.clear()
+        for proc in list(self.processes.values()):
+            if proc.stdin is not None and proc.pending_in:
+                self._flush_stdin(proc)
+            self._maybe_report(proc)
+
+    def _process(self, args: dict[str, Any]) -> Process:
+        number = protocol.field(args, "process", int)
+        proc = self.processes.get(number)
+        if proc is None:
+            raise AgentError("not_found", f"no process {number}")
+        return proc
+
+    # Requests.
+
+    def mount_share(self, args: dict[str, Any]) -> None:
+        """Mount a 9p share of the host at /run/pellucid/shared/<tag>."""
+        tag = _ident(args, "tag")
+        target = f"/run/pellucid/shared/{tag}"
+        os.makedirs(target, exist_ok=True)
+        if not os.path.ismount(target):
+            linux.mount(tag, target, "9p", linux.MS_NODEV,
+                        "trans=virtio,version=9p2000.L,msize=262144,cache=mmap,posixacl")
+
+    def create(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = _ident(args)
+        if cid in self.inits:
+            raise AgentError("exists", f"container {cid} exists")
+        config = protocol.field(args, "config", dict, max_len=1 << 20)
+        tty = protocol.field(args, "tty", bool, optional=True, default=False)
+        bundle = f"{BUNDLES}/{cid}"
+        os.makedirs(bundle, exist_ok=True)
+        with open(f"{bundle}/config.json", "w") as f:
+            json.dump(config, f)
+        proc = self._new_process(cid, tty)
+        pid_file = f"{bundle}/init.pid"
+        try:
+            self._spawn(proc, ["create", f"--bundle={bundle}", f"--pid-file={pid_file}", cid], pid_file)
+        except BaseException:
+            del self.processes[proc.number]
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+        self.inits[cid] = proc.number
+        return {"process": proc.number, "pid": proc.pid}
+
+    def start(self, args: dict[str, Any]) -> None:
+        self._crun("start", _ident(args))
+
+    def exec(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = _ident(args)
+        if cid not in self.inits:
+            raise AgentError("not_found", f"container {cid} does not exist")
+        process = protocol.field(args, "process_spec", dict, max_len=1 << 20)
+        tty = bool(process.get("terminal", False))
+        proc = self._new_process(cid, tty)
+        spec = f"{BUNDLES}/{cid}/exec-{proc.number}.json"
+        with open(spec, "w") as f:
+            json.dump(process, f)
+        pid_file = f"{BUNDLES}/{cid}/exec-{proc.number}.pid"
+        try:
+            self._spawn(proc, ["exec", f"--process={spec}", "--detach", f"--pid-file={pid_file}", cid], pid_file)
+        except BaseException:
+            del self.processes[proc.number]
+            raise
+        finally:
+            os.unlink(spec)
+        return {"process": proc.number, "pid": proc.pid}
+
+    def signal(self, args: dict[str, Any]) -> None:
+        proc = self._process(args)
+        signum = protocol.field(args, "signal", int)
+        if not 1 <= signum <= 64:
+            raise AgentError("invalid", f"invalid signal {signum}")
+        if proc.status is not None:
+            raise AgentError("stopped", "the process has already exited")
+        if self.inits.get(proc.container) == proc.number:
+            all_ = protocol.field(args, "all", bool, optional=True, default=False)
+            self._crun("kill", *(["--all"] if all_ else []), proc.container, str(signum))
+        else:
+            os.kill(proc.pid, signum)
+
+    def resize(self, args: dict[str, Any]) -> None:
+        proc = self._process(args)
+        rows = protocol.field(args, "rows", int)
+        cols = protocol.field(args, "cols", int)
+        if not proc.tty or proc.stdin is None:
+            return
+        if not (0 <= rows <= 0xFFFF and 0 <= cols <= 0xFFFF):
+            raise AgentError("invalid", "window size out of range")
+        fcntl.ioctl(proc.stdin, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def pause(self, args: dict[str, Any]) -> None:
+        self._crun("pause", _ident(args))
+
+    def resume(self, args: dict[str, Any]) -> None:
+        self._crun("resume", _ident(args))
+
+    def update(self, args: dict[str, Any]) -> None:
+        cid = _ident(args)
+        resources = protocol.field(args, "resources", dict, max_len=1 << 20)
+        path = f"{BUNDLES}/{cid}/update.json"
+        with open(path, "w") as f:
+            json.dump(resources, f)
+        try:
+            self._crun("update", f"--resources={path}", cid)
+        finally:
+            os.unlink(path)
+
+    def delete(self, args: dict[str, Any]) -> None:
+        cid = _ident(args)
+        number = self.inits.get(cid)
+        if number is not None and self.processes[number].status is None:
+            try:
+                self._crun("kill", "--all", cid, str(int(signal.SIGKILL)))
+            except AgentError:
+                pass
+        try:
+            self._crun("delete", "--force", cid)
+        except AgentError:
+            if os.path.exists(f"{CRUN_ROOT}/{cid}"):
+                raise
+        for n in [n for n, p in self.processes.items() if p.container == cid]:
+            p = self.processes.pop(n)
+            for fd in list(p.outputs):
+                self._close_output(p, fd)
+            if p.stdin is not None and not p.tty:
+                os.close(p.stdin)
+            self.agent.child_handlers.pop(p.pid, None)
+        self.inits.pop(cid, None)
+        shutil.rmtree(f"{BUNDLES}/{cid}", ignore_errors=True)
+
+    def ps(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The container's processes, read from the guest's /proc via its cgroup."""
+        cid = _ident(args)
+        pids = json.loads(self._crun_output("ps", "--format=json", cid) or "[]")
+        result = []
+        for pid in pids if isinstance(pids, list) else []:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read(4096).replace(b"\0", b" ").decode(errors="replace").strip()
+                with open(f"/proc/{pid}/status") as f:
+                    uid = next((line.split()[1] for line in f if line.startswith("Uid:")), "0")
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            result.append({"pid": int(pid), "ppid": int(fields[1]), "uid": int(uid), "state": fields[0],
+                           "utime": int(fields[11]), "stime": int(fields[12]), "start": int(fields[19]),
+                           "cmd": cmd or f"[{comm}]"})
+        return result
+
+    def stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = _ident(args)
+        base = f"{CGROUP_ROOT}/pellucid/{cid}"
+        if not os.path.isdir(base):
+            raise AgentError("not_found", f"no cgroup for container {cid}")
+
+        def read(name: str) -> str:
+            try:
+                with open(f"{base}/{name}") as f:
+                    return f.read(65536)
+            except OSError:
+                return ""
+
+        def keyed(text: str) -> dict[str, int]:
+            out = {}
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    out[parts[0]] = int(parts[1])
+            return out
+
+        def number(text: str) -> int:
+            text = text.strip()
+            return int(text) if text.isdigit() else 0
+
+        cpu = keyed(read("cpu.stat"))
+        mem = keyed(read("memory.stat"))
+        limit = read("memory.max").strip()
+        return {
+            "cpu": {"usage": {"total": cpu.get("usage_usec", 0) * 1000, "user": cpu.get("user_usec", 0) * 1000,
+                              "kernel": cpu.get("system_usec", 0) * 1000}},
+            "memory": {"usage": {"usage": number(read("memory.current")),
+                                 "limit": int(limit) if limit.isdigit() else 0},
+                       "cache": mem.get("file", 0), "raw": mem},
+            "pids": {"current": number(read("pids.current"))},
+        }

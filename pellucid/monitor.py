@@ -1,0 +1,311 @@
+"""The sandbox monitor: one per VM, a daemon. It owns QEMU and the one channel to the agent, and
+multiplexes that channel for the runtime commands and the shims that connect to its socket
+(the role of Clear Containers' proxy). Requests are forwarded with their ids remapped; a
+process's output and exit go to the connection that created it.
+
+Run as ``python -m pellucid.monitor VM_DIR``; ``VM_DIR/vm.json`` says what to boot. It reports
+readiness (or the boot error) as one JSON line on the file descriptor given by --ready-fd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+from typing import Any
+
+from . import protocol, sockets
+from .config import load as load_config
+from .errors import PellucidError
+from .runtime import netns
+from .vm import accel
+from .vm.assets import resolve
+from .vm.machine import VM
+from .vm.qemu_args import Share
+from .vm.spec import make_spec
+
+SOCKET = "monitor.sock"
+MAX_CLIENT_BUFFER = 16 << 20
+# Requests the monitor answers itself; the rest go to the agent.
+LOCAL_OPS = ("vm_info", "shutdown", "subscribe")
+CREATING_OPS = ("create_container", "exec_process")
+
+
+class Conn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = protocol.FrameReader()
+        self.out = bytearray()
+        self.processes: set[int] = set()
+        self.subscribed = False
+
+
+class Monitor:
+    def __init__(self, vm_dir: str) -> None:
+        self.vm_dir = vm_dir
+        with open(os.path.join(vm_dir, "vm.json")) as f:
+            self.desc: dict[str, Any] = json.load(f)
+        self.selector = selectors.DefaultSelector()
+        self.conns: dict[int, Conn] = {}
+        self.pending: dict[int, tuple[Conn, int, str]] = {}  # agent id -> (conn, client id, op)
+        self.owners: dict[int, Conn] = {}  # process number -> connection that created it
+        self.exits: dict[int, int] = {}
+        self.next_id = 1
+        self.vm: VM | None = None
+        self.info: dict[str, Any] = {}
+        self.running = True
+        self.agent_reader = protocol.FrameReader()
+        self.agent_out = bytearray()
+
+    # Boot.
+
+    def boot(self) -> None:
+        cfg = load_config(self.desc.get("config") or None)
+        assets = resolve(cfg)
+        accelerator, _ = accel.choose(cfg, assets, os.path.dirname(self.vm_dir.rstrip("/")))
+        shares = tuple(Share(s["tag"], s["path"]) for s in self.desc.get("shares", []))
+        console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
+        spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{self.desc['id']}", console_file=console,
+                         shares=shares, vcpus=self.desc.get("vcpus"), memory_mib=self.desc.get("memory_mib"))
+        self.vm = VM(spec, self.vm_dir)
+        self.vm.start()
+        hello = self.vm.handshake(cfg.hypervisor.boot_timeout)
+        assert self.vm.agent is not None and self.vm.timeline is not None
+        for share in shares:
+            self.vm.agent.call("mount_share", {"tag": share.tag}, timeout=cfg.hypervisor.boot_timeout)
+        self.info = {"accelerator": accelerator, "machine": spec.machine, "guest_kernel": hello.kernel,
+                     "boot_id": hello.boot_id, "rootfs_dax": hello.rootfs_dax,
+                     "boot_ms": round(self.vm.timeline.agent_ms), "qemu_pid": self.vm.proc.pid,
+                     "vcpus": spec.vcpus, "memory_mib": spec.memory_mib}
+
+    # Serving.
+
+    def serve(self, listener: socket.socket) -> None:
+        assert self.vm is not None and self.vm.agent is not None
+        agent = self.vm.agent.sock
+        agent.setblocking(False)
+        listener.setblocking(False)
+        self.selector.register(agent, selectors.EVENT_READ, self._on_agent)
+        self.selector.register(listener, selectors.EVENT_READ, lambda mask: self._accept(listener))
+        while self.running:
+            for key, mask in self.selector.select(1.0):
+                key.data(mask)
+            if self.vm.proc is not None and self.vm.proc.poll() is not None:
+                self.running = False
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        conn = Conn(sock)
+        self.conns[sock.fileno()] = conn
+        self.selector.register(sock, selectors.EVENT_READ, lambda mask, c=conn: self._on_conn(c, mask))
+
+    def _close(self, conn: Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        for number in conn.processes:
+            self.owners.pop(number, None)
+
+    def _send(self, conn: Conn, data: bytes) -> None:
+        if conn.sock.fileno() < 0:
+            return
+        if len(conn.out) + len(data) > MAX_CLIENT_BUFFER:
+            print(f"pellucid-monitor: client not reading, dropping its connection", file=sys.stderr)
+            self._close(conn)
+            return
+        conn.out += data
+        self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                             lambda mask, c=conn: self._on_conn(c, mask))
+
+    def _send_agent(self, data: bytes) -> None:
+        assert self.vm is not None and self.vm.agent is not None
+        self.agent_out += data
+        self.selector.modify(self.vm.agent.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_agent)
+
+    def _on_conn(self, conn: Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and conn.out:
+            try:
+                n = conn.sock.send(conn.out)
+                del conn.out[:n]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._close(conn)
+                return
+            if not conn.out:
+                self.selector.modify(conn.sock, selectors.EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
+        if mask & selectors.EVENT_READ:
+            try:
+                data = conn.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(conn)
+                return
+            try:
+                for frame in conn.reader.feed(data):
+                    self._from_client(conn, frame)
+            except protocol.ProtocolError as err:
+                print(f"pellucid-monitor: bad frame from a client: {err}", file=sys.stderr)
+                self._close(conn)
+
+    def _from_client(self, conn: Conn, frame: protocol.Frame) -> None:
+        if frame.kind == protocol.STREAM:
+            number, fd = protocol.split_stream_id(frame.id)
+            if number in conn.processes and fd == protocol.STDIN:
+                self._send_agent(protocol.stream(frame.id, frame.payload))
+            return
+        if frame.kind != protocol.REQUEST:
+            return
+        msg = frame.json()
+        op = protocol.field(msg, "op", str, max_len=64)
+        if op in LOCAL_OPS:
+            self._local(conn, frame.id, op)
+            return
+        agent_id = self.next_id
+        self.next_id = self.next_id % 0xFFFFFFFF + 1
+        self.pending[agent_id] = (conn, frame.id, op)
+        self._send_agent(protocol.encode(protocol.REQUEST, agent_id, frame.payload))
+
+    def _local(self, conn: Conn, id: int, op: str) -> None:
+        if op == "vm_info":
+            self._send(conn, protocol.response_ok(id, self.info))
+        elif op == "subscribe":
+            conn.subscribed = True
+            self._send(conn, protocol.response_ok(id, {"exits": {str(k): v for k, v in self.exits.items()}}))
+        elif op == "shutdown":
+            self.running = False
+            self._send(conn, protocol.response_ok(id))
+            self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            conn.sock.setblocking(True)
+            conn.sock.settimeout(1.0)
+            conn.sock.sendall(conn.out)
+            conn.out.clear()
+        except OSError:
+            pass
+
+    def _on_agent(self, mask: int) -> None:
+        assert self.vm is not None and self.vm.agent is not None
+        sock = self.vm.agent.sock
+        if mask & selectors.EVENT_WRITE and self.agent_out:
+            try:
+                n = sock.send(self.agent_out)
+                del self.agent_out[:n]
+            except BlockingIOError:
+                pass
+            if not self.agent_out:
+                self.selector.modify(sock, selectors.EVENT_READ, self._on_agent)
+        if mask & selectors.EVENT_READ:
+            try:
+                data = sock.recv(1 << 18)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.running = False
+                return
+            try:
+                for frame in self.agent_reader.feed(data):
+                    self._from_agent(frame)
+            except protocol.ProtocolError as err:
+                # A guest that breaks the protocol is not trusted further: stop it.
+                print(f"pellucid-monitor: agent broke the protocol: {err}; stopping the VM", file=sys.stderr)
+                self.running = False
+
+    def _from_agent(self, frame: protocol.Frame) -> None:
+        if frame.kind == protocol.RESPONSE:
+            entry = self.pending.pop(frame.id, None)
+            if entry is None:
+                return
+            conn, client_id, op = entry
+            if op in CREATING_OPS:
+                result = frame.json().get("result")
+                number = result.get("process") if isinstance(result, dict) else None
+                if isinstance(number, int) and not isinstance(number, bool):
+                    self.owners[number] = conn
+                    conn.processes.add(number)
+            self._send(conn, protocol.encode(protocol.RESPONSE, client_id, frame.payload))
+        elif frame.kind == protocol.STREAM:
+            number, _ = protocol.split_stream_id(frame.id)
+            owner = self.owners.get(number)
+            if owner is not None:
+                self._send(owner, protocol.stream(frame.id, frame.payload))
+        elif frame.kind == protocol.EVENT:
+            event = frame.json()
+            number = event.get("process")
+            if event.get("event") == "exit" and isinstance(number, int) and isinstance(event.get("status"), int):
+                self.exits[number] = event["status"]
+                del_keys = sorted(self.exits)[:-1000]
+                for k in del_keys:
+                    del self.exits[k]
+            targets = {id(c): c for c in self.conns.values() if c.subscribed}
+            owner = self.owners.get(number) if isinstance(number, int) else None
+            if owner is not None:
+                targets[id(owner)] = owner
+            for conn in targets.values():
+                self._send(conn, protocol.encode(protocol.EVENT, 0, frame.payload))
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        if self.vm is not None:
+            self.vm.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pellucid-monitor")
+    p.add_argument("vm_dir")
+    p.add_argument("--ready-fd", type=int, required=True)
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    with open(os.path.join(args.vm_dir, "monitor.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    monitor = Monitor(args.vm_dir)
+    ready = os.fdopen(args.ready_fd, "w")
+    path = os.path.join(args.vm_dir, SOCKET)
+    try:
+        try:
+            if monitor.desc.get("netns"):
+                netns.enter(monitor.desc["netns"])  # QEMU and its taps live in the container's namespace
+            monitor.boot()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sockets.bind(listener, path)
+            os.chmod(path, 0o600)
+            listener.listen(64)
+        except (PellucidError, OSError) as err:
+            ready.write(json.dumps({"ok": False, "error": str(err)}) + "\n")
+            ready.close()
+            return 1
+        ready.write(json.dumps({"ok": True, "info": monitor.info}) + "\n")
+        ready.close()
+        monitor.serve(listener)
+        return 0
+    finally:
+        monitor.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Starting a shim and handing it its request; the runtime's side of pellucid.shim."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..errors import ContainerError
+
+
+class ShimHandle:
+    """A shim started and waiting for its request (it is already in the container's netns)."""
+
+    def __init__(self, netns: str | None) -> None:
+        req_r, self._req_w = os.pipe2(os.O_CLOEXEC)
+        self._ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        argv = [sys.executable, "-m", "pellucid.shim", str(req_r), str(ready_w)] + ([netns] if netns else [])
+        try:
+            # stdio is inherited: the pipes or FIFOs the caller gave the runtime are the process's.
+            self.proc = subprocess.Popen(argv, pass_fds=(req_r, ready_w), close_fds=True)
+        finally:
+            os.close(req_r)
+            os.close(ready_w)
+        self.pid = self.proc.pid
+
+    def send(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Give the shim its request; return what it reports once the process exists in the VM."""
+        data = json.dumps(request).encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._req_w, view):]
+        except OSError as err:
+            raise ContainerError(f"the shim died before its request: {err.strerror}") from None
+        finally:
+            os.close(self._req_w)
+            self._req_w = -1
+        line = self._read_ready(timeout)
+        if not line:
+            raise ContainerError("the shim exited without starting the process")
+        try:
+            report = json.loads(line)
+        except ValueError:
+            raise ContainerError("the shim reported garbage") from None
+        if not report.get("ok"):
+            raise ContainerError(str(report.get("error", "the process could not be started")))
+        return report
+
+    def _read_ready(self, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        buf = b""
+        try:
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._ready_r], [], [], left)[0]:
+                    raise ContainerError(f"the process was not started within {timeout:g}s")
+                chunk = os.read(self._ready_r, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            os.close(self._ready_r)
+            self._ready_r = -1
+        return buf
+
+    def abort(self) -> None:
+        """Stop a shim whose container could not be set up."""
+        for fd in (self._req_w, self._ready_r):
+            if fd >= 0:
+                os.close(fd)
+        self._req_w = self._ready_r = -1
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()

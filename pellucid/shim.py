@@ -1,0 +1,212 @@
+"""The shim: the host process that stands for one container process (init or exec'd) in the VM.
+
+Its pid is what --pid-file gets. It relays stdio (the pipes or FIFOs its caller gave the runtime,
+or a terminal), forwards signals and window-size changes, and exits with the container process's
+status (128+N for death by signal N), so containerd's shim and conmon see a runc-like process.
+
+Run as ``python -m pellucid.shim REQUEST_FD READY_FD [NETNS]`` by the runtime (see
+pellucid.runtime.shims): the request (JSON) names the monitor socket, the request that creates
+the process and the terminal set-up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import termios
+import threading
+import tty
+from typing import Any
+
+from . import protocol, sockets
+from .vm.agent_client import parse_response
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP, signal.SIGALRM)
+VM_GONE_STATUS = 137  # the VM died under the process: report it as killed
+
+
+class Shim:
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        self.sock = sockets.connect(request["monitor"], timeout=60)
+        self.send_lock = threading.Lock()
+        self.reader = protocol.FrameReader()
+        self.process = 0
+        self.status: int | None = None
+        self.term_fd: int | None = None  # the terminal we relay (pty slave, or our own tty)
+        self.term_saved: list | None = None
+        self.out_fds = {protocol.STDOUT: 1, protocol.STDERR: 2}
+        self.in_fd = 0
+
+    def send(self, data: bytes) -> None:
+        with self.send_lock:
+            self.sock.sendall(data)
+
+    def setup_terminal(self) -> None:
+        """With --console-socket: a new pty whose master goes to the caller, as runc does. With a
+        terminal but no socket (an interactive `exec -t` or `run -t`): our own tty."""
+        console_socket = self.request.get("console_socket")
+        if console_socket:
+            master, slave = os.openpty()
+            tty.setraw(slave)  # the guest's pty does the line discipline; this one passes bytes through
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)  # window-size changes on the master reach us as SIGWINCH
+            sockets.send_fd(console_socket, master, os.ttyname(slave))
+            os.close(master)
+            self.term_fd = slave
+        elif os.isatty(0):
+            self.term_fd = 0
+            self.term_saved = termios.tcgetattr(0)
+            tty.setraw(0)
+        if self.term_fd is not None:
+            self.in_fd = self.term_fd
+            out = self.term_fd if console_socket else 1
+            self.out_fds = {protocol.STDOUT: out, protocol.STDERR: out}
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        self.send(protocol.request(1, op, args))
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the VM monitor closed the connection")
+            for frame in self.reader.feed(data):
+                if frame.kind == protocol.RESPONSE and frame.id == 1:
+                    return parse_response(frame)
+
+    def window_size(self) -> tuple[int, int]:
+        assert self.term_fd is not None
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(self.term_fd, termios.TIOCGWINSZ, b"\0" * 8))
+        return rows, cols
+
+    def resize(self) -> None:
+        if self.term_fd is None or not self.process:
+            return
+        rows, cols = self.window_size()
+        if rows and cols:
+            self.send(protocol.request(2, "resize", {"process": self.process, "rows": rows, "cols": cols}))
+
+    def forward(self, signum: int) -> None:
+        if self.process:
+            self.send(protocol.request(3, "signal_process", {"process": self.process, "signal": int(signum)}))
+
+    def pump_stdin(self) -> None:
+        """Blocking reads in a thread: stdin may be a pipe, a FIFO, a file or a terminal."""
+        sid = protocol.stream_id(self.process, protocol.STDIN)
+        try:
+            while True:
+                data = os.read(self.in_fd, protocol.MAX_STREAM_CHUNK)
+                if not data:
+                    break
+                self.send(protocol.stream(sid, data))
+            self.send(protocol.stream(sid, b""))
+        except OSError:
+            pass
+
+    def write_out(self, fd: int, data: bytes) -> None:
+        target = self.out_fds.get(fd)
+        if target is None:
+            return
+        if not data:
+            if self.term_fd is None:  # EOF on the stream: close ours so the reader sees it too
+                os.close(target)
+                self.out_fds.pop(fd)
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(target, view)
+                view = view[n:]
+        except OSError:
+            self.out_fds.pop(fd, None)  # the reader went away: drop further output
+
+    def relay(self) -> int:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH):
+            signal.signal(sig, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if self.request.get("stdin", True):
+            threading.Thread(target=self.pump_stdin, daemon=True).start()
+        self.resize()
+        sel = selectors.DefaultSelector()
+        self.sock.setblocking(True)
+        self.sock.settimeout(None)
+        sel.register(self.sock, selectors.EVENT_READ, "sock")
+        sel.register(wake_r, selectors.EVENT_READ, "signal")
+        while self.status is None:
+            for key, _ in sel.select():
+                if key.data == "signal":
+                    for signum in os.read(wake_r, 64):
+                        if signum == signal.SIGWINCH:
+                            self.resize()
+                        elif signum != signal.SIGPIPE:
+                            self.forward(signum)
+                    continue
+                data = self.sock.recv(1 << 18)
+                if not data:
+                    return VM_GONE_STATUS
+                for frame in self.reader.feed(data):
+                    self.handle(frame)
+        return self.status
+
+    def handle(self, frame: protocol.Frame) -> None:
+        if frame.kind == protocol.STREAM:
+            number, fd = protocol.split_stream_id(frame.id)
+            if number == self.process:
+                self.write_out(fd, frame.payload)
+        elif frame.kind == protocol.EVENT:
+            event = frame.json()
+            status = event.get("status")
+            if event.get("event") == "exit" and event.get("process") == self.process and isinstance(status, int):
+                self.status = status & 0xFF
+
+    def restore_terminal(self) -> None:
+        if self.term_saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, self.term_saved)
+
+
+def main(argv: list[str]) -> int:
+    """argv: REQUEST_FD READY_FD [NETNS]. The shim enters the network namespace at once (so its pid
+    stands for the container's namespace from the start, as hooks expect), then waits for its
+    request: the runtime sends it once the VM is up."""
+    request_fd, ready_fd = int(argv[0]), int(argv[1])
+    if len(argv) > 2:
+        from .runtime import netns
+        netns.enter(argv[2])
+    with os.fdopen(request_fd, "rb") as f:
+        raw = f.read(8 << 20)
+    ready = os.fdopen(ready_fd, "w")
+    if not raw:
+        return 1  # the runtime gave up before sending a request
+    request = json.loads(raw)
+    shim = None
+    try:
+        shim = Shim(request)
+        shim.setup_terminal()
+        result = shim.call(request["op"], request["args"])
+        shim.process = result["process"]
+    except Exception as err:  # reported to the runtime command, which fails with it
+        ready.write(json.dumps({"ok": False, "error": str(err)}) + "\n")
+        ready.close()
+        if shim is not None:
+            shim.restore_terminal()
+        return 1
+    ready.write(json.dumps({"ok": True, "process": shim.process, "guest_pid": result.get("pid")}) + "\n")
+    ready.close()
+    try:
+        return shim.relay()
+    finally:
+        shim.restore_terminal()
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    os._exit(code)
