@@ -1,0 +1,128 @@
+"""Fixtures for tests that boot real VMs: a runtime configuration with generous timeouts (TCG on
+two shared cores), busybox bundles, the pellucid CLI driven as containerd's shim drives runc, and
+a check after every test that nothing was left behind. On failure, the VM's logs are printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.clients import harness
+
+REPO = Path(__file__).resolve().parents[2]
+PELLUCID = str(REPO / ".venv/bin/pellucid")
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+@pytest.fixture(scope="session")
+def config_file(tmp_path_factory) -> Path:
+    """The default configuration, but with boot timeouts that survive many VMs booting at once under TCG."""
+    path = tmp_path_factory.mktemp("config") / "pellucid.toml"
+    path.write_text("[hypervisor]\nboot_timeout = 240\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def busybox_template(tmp_path_factory) -> Path:
+    return harness.busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """The runtime's --root for this test; after it, no container, mount or QEMU may remain."""
+    before = qemu_pids()
+    path = tmp_path / "root"
+    yield path
+    leftovers = [p for p in (path.iterdir() if path.exists() else []) if not p.name.startswith(".")]
+    mounts = harness.mounts_under(tmp_path)
+    deadline = time.monotonic() + 10
+    while qemu_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stray = qemu_pids() - before
+    for pid in stray:
+        os.kill(pid, 9)
+    harness.unmount_all_under(tmp_path)
+    assert not stray, f"QEMU processes left behind: {stray}"
+    assert not mounts, f"mounts left behind: {mounts}"
+    assert not leftovers, f"containers left behind: {[p.name for p in leftovers]}"
+
+
+class Runtime:
+    """The pellucid CLI with the global flags containerd passes (--root, --log, --log-format json)."""
+
+    def __init__(self, root: Path, config: Path, log: Path) -> None:
+        self.root, self.config, self.log = root, config, log
+
+    def argv(self, *args: str) -> list[str]:
+        return [PELLUCID, "--root", str(self.root), "--log", str(self.log), "--log-format", "json",
+                "--config", str(self.config), *args]
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        out = subprocess.run(self.argv(*args), text=True, timeout=timeout, **kw)
+        if check and out.returncode != 0:
+            raise AssertionError(f"pellucid {' '.join(args)} failed ({out.returncode}): {out.stderr}"
+                                 f"{self.evidence()}")
+        return out
+
+    def state(self, id: str) -> dict:
+        return json.loads(self("state", id).stdout)
+
+    def evidence(self) -> str:
+        """The VMs' monitor logs and consoles, for a failure message."""
+        parts = []
+        for path in sorted(self.root.glob("*/vm/*.log")) if self.root.exists() else []:
+            parts.append(f"\n--- {path}:\n{path.read_text(errors='replace')[-3000:]}")
+        return "".join(parts)
+
+    def cleanup(self) -> None:
+        if not self.root.exists():
+            return
+        for d in self.root.iterdir():
+            if not d.name.startswith("."):
+                self("delete", "--force", d.name, check=False)
+
+
+@pytest.fixture
+def runtime(root, config_file, tmp_path) -> Runtime:
+    rt = Runtime(root, config_file, tmp_path / "runtime.log")
+    yield rt
+    rt.cleanup()
+
+
+@pytest.fixture
+def make_bundle(tmp_path, busybox_template):
+    """make_bundle(args, **process overrides) -> a bundle directory with a busybox rootfs."""
+    count = 0
+
+    def make(args: list[str], terminal: bool = False, **changes) -> Path:
+        nonlocal count
+        count += 1
+        bundle = tmp_path / f"bundle{count}"
+        shutil.copytree(busybox_template, bundle / "rootfs", symlinks=True)
+        from pellucid.oci.default_spec import default_spec
+        config = default_spec()
+        config["process"].update(args=args, terminal=terminal)
+        config["root"]["readonly"] = False
+        for key, value in changes.items():
+            config[key] = value
+        (bundle / "config.json").write_text(json.dumps(config))
+        return bundle
+
+    return make
+
+
+def host_boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
