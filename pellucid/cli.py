@@ -18,6 +18,8 @@ COMMANDS = {
     "check": "info", "env": "info", "assets": "info", "version": "info",
 }
 
+RENAMED = {"list": "list_", "exec": "exec_"}  # not to shadow Python's builtins in the command modules
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pellucid", description="An OCI runtime that runs each container in a VM.")
@@ -56,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("delete", "delete a container and its VM", "id")
     c.add_argument("-f", "--force", action="store_true")
     c = cmd("exec", "run a process in a container", "id")
-    c.add_argument("command", nargs=argparse.REMAINDER)
+    c.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
     c.add_argument("-p", "--process", default="")
     c.add_argument("-t", "--tty", action="store_true")
     c.add_argument("--console-socket", default="")
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = __import__(f"pellucid.commands.{COMMANDS[args.command]}", fromlist=["x"])
     try:
-        return getattr(module, args.command)(args)
+        return getattr(module, RENAMED.get(args.command, args.command))(args)
     except PellucidError as err:
         log.error(f"pellucid: {err}")
         return err.exit_code

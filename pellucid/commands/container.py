@@ -79,10 +79,10 @@ def _exec_spec(args: argparse.Namespace, store: Store) -> dict:
     from ..oci import bundle
     if args.process:
         return bundle.load_process(args.process)
-    if not args.command:
+    if not args.argv:
         raise ContainerError("exec needs a command, or a process with --process")
     base = bundle.load_config(store.load(args.id).bundle).get("process", {})
-    process = {"terminal": args.tty, "args": args.command, "cwd": args.cwd or base.get("cwd", "/"),
+    process = {"terminal": args.tty, "args": args.argv, "cwd": args.cwd or base.get("cwd", "/"),
                "env": list(base.get("env", [])) + args.env, "user": dict(base.get("user", {"uid": 0, "gid": 0})),
                "noNewPrivileges": args.no_new_privs or base.get("noNewPrivileges", False)}
     for key in ("capabilities", "rlimits", "apparmorProfile", "oomScoreAdj"):
@@ -98,7 +98,7 @@ def _exec_spec(args: argparse.Namespace, store: Store) -> dict:
     return process
 
 
-def exec(args: argparse.Namespace) -> int:
+def exec_(args: argparse.Namespace) -> int:
     from ..runtime import lifecycle
     store = _store(args)
     process = _exec_spec(args, store)
@@ -121,7 +121,7 @@ def ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def list(args: argparse.Namespace) -> int:
+def list_(args: argparse.Namespace) -> int:
     from ..runtime import lifecycle
     states = lifecycle.list_states(_store(args))
     if args.quiet:
