@@ -83,7 +83,7 @@ def build_argv(spec: VMSpec) -> list[str]:
                  "-bios", spec.firmware,
                  "-m", f"{spec.memory_mib}M,slots=2,maxmem={maxmem_mib(spec)}M"]
     else:
-        argv += ["-machine", f"microvm,accel={spec.accelerator},mem-merge=on,pic=off,pit=off,rtc=off,isa-serial=on",
+        argv += ["-machine", f"microvm,accel={spec.accelerator},mem-merge=on,isa-serial=on",
                  "-m", f"{spec.memory_mib}M"]
     argv += ["-cpu", cpu_model(spec.accelerator), "-smp", str(spec.vcpus),
              "-kernel", spec.kernel, "-append", kernel_cmdline(spec)]

@@ -25,10 +25,9 @@ from .conftest import PELLUCID, host_boot_id, qemu_pids
 pytestmark = pytest.mark.vm
 
 
-def boot(cfg: config_mod.Config, tmp_path, accelerator: str = "tcg") -> VM:
-    vm = VM(make_spec(cfg, resolve(cfg), accelerator, console_file=str(tmp_path / "console.log")), str(tmp_path))
-    vm.start()
-    return vm
+def vm_for(cfg: config_mod.Config, tmp_path, accelerator: str = "tcg") -> VM:
+    """A VM, not yet started: use it in a with statement."""
+    return VM(make_spec(cfg, resolve(cfg), accelerator, console_file=str(tmp_path / "console.log")), str(tmp_path))
 
 
 def test_check_json_reports_a_real_guest(tmp_path):
@@ -50,7 +49,7 @@ def test_check_json_reports_a_real_guest(tmp_path):
 
 def test_handshake_ping_and_clean_stop(tmp_path):
     cfg = config_mod.Config()
-    with boot(cfg, tmp_path) as vm:
+    with vm_for(cfg, tmp_path) as vm:
         hello = vm.handshake(240)
         assert hello.kernel != os.uname().release and hello.rootfs_dax
         assert isinstance(vm.agent.call("ping")["uptime_ms"], int)
@@ -62,7 +61,7 @@ def test_handshake_ping_and_clean_stop(tmp_path):
 def test_microvm_boots_with_its_root_on_virtio_blk(tmp_path):
     """The microvm machine stays a configurable option: no DAX there (no device memory region)."""
     cfg = config_mod.parse('[hypervisor]\nmachine = "microvm"\n')
-    with boot(cfg, tmp_path) as vm:
+    with vm_for(cfg, tmp_path) as vm:
         hello = vm.handshake(240)
     assert hello.rootfs_dax is False and hello.kernel != os.uname().release
 
