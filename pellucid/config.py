@@ -13,6 +13,7 @@ ENV_PATH = "PELLUCID_CONFIG"
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 MACHINES = ("q35", "microvm")
+NETWORK_MODES = ("tcfilter", "macvtap")
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,17 @@ class AssetsConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    #: how a tap reaches the namespace's interface: "tcfilter" (tc redirect both ways) or "macvtap"
+    mode: str = "tcfilter"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str = ""
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     @property
     def kernel_path(self) -> str:
@@ -78,11 +86,14 @@ def parse(text: str, path: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
-    unknown = set(data) - {"hypervisor", "assets"}
+    unknown = set(data) - {"hypervisor", "assets", "network"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
     hv = _section(HypervisorConfig, data.get("hypervisor", {}), "hypervisor")
     assets = _section(AssetsConfig, data.get("assets", {}), "assets")
+    network = _section(NetworkConfig, data.get("network", {}), "network")
+    if network.mode not in NETWORK_MODES:
+        raise ConfigError(f"{path}: network.mode must be one of {', '.join(NETWORK_MODES)}")
     if hv.accelerator not in ACCELERATORS:
         raise ConfigError(f"{path}: hypervisor.accelerator must be one of {', '.join(ACCELERATORS)}")
     if hv.machine not in MACHINES:
@@ -91,7 +102,7 @@ def parse(text: str, path: str = "<string>") -> Config:
         raise ConfigError(f"{path}: hypervisor.vcpus must be between 1 and 64")
     if not 64 <= hv.memory_mib <= 65536:
         raise ConfigError(f"{path}: hypervisor.memory_mib must be between 64 and 65536")
-    return Config(path=path, hypervisor=hv, assets=assets)
+    return Config(path=path, hypervisor=hv, assets=assets, network=network)
 
 
 def load(path: str | None = None) -> Config:

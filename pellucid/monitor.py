@@ -10,12 +10,14 @@ readiness (or the boot error) as one JSON line on the file descriptor given by -
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import selectors
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from . import protocol, sockets
@@ -25,7 +27,7 @@ from .runtime import netns
 from .vm import accel
 from .vm.assets import resolve
 from .vm.machine import VM
-from .vm.qemu_args import Share
+from .vm.qemu_args import Nic, Share
 from .vm.spec import make_spec
 
 SOCKET = "monitor.sock"
@@ -33,6 +35,8 @@ MAX_CLIENT_BUFFER = 16 << 20
 # Requests the monitor answers itself; the rest go to the agent.
 LOCAL_OPS = ("vm_info", "shutdown", "subscribe")
 CREATING_OPS = ("create_container", "exec_process")
+DOCKER_DNS = ("127.0.0.11", 53)
+DNS_MAX = 4096
 
 
 class Conn:
@@ -51,7 +55,8 @@ class Monitor:
             self.desc: dict[str, Any] = json.load(f)
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
-        self.pending: dict[int, tuple[Conn, int, str]] = {}  # agent id -> (conn, client id, op)
+        self.pending: dict[int, tuple[Conn | None, int, str]] = {}  # agent id -> (conn, client id, op)
+        self.dns: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> (socket, query id, sent at)
         self.owners: dict[int, Conn] = {}  # process number -> connection that created it
         self.exits: dict[int, int] = {}
         self.next_id = 1
@@ -60,6 +65,7 @@ class Monitor:
         self.running = True
         self.agent_reader = protocol.FrameReader()
         self.agent_out = bytearray()
+        self._tap_fds: list[int] = []
 
     # Boot.
 
@@ -68,19 +74,37 @@ class Monitor:
         assets = resolve(cfg)
         accelerator, _ = accel.choose(cfg, assets, os.path.dirname(self.vm_dir.rstrip("/")))
         shares = tuple(Share(s["tag"], s["path"]) for s in self.desc.get("shares", []))
+        net = self.desc.get("network") or {"nics": [], "routes": []}
+        nics = tuple(self._nic(n) for n in net["nics"])
         console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
         spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{self.desc['id']}", console_file=console,
-                         shares=shares, vcpus=self.desc.get("vcpus"), memory_mib=self.desc.get("memory_mib"))
+                         shares=shares, nics=nics, vcpus=self.desc.get("vcpus"),
+                         memory_mib=self.desc.get("memory_mib"))
         self.vm = VM(spec, self.vm_dir)
         self.vm.start()
         hello = self.vm.handshake(cfg.hypervisor.boot_timeout)
         assert self.vm.agent is not None and self.vm.timeline is not None
+        for fd in self._tap_fds:
+            os.close(fd)
         for share in shares:
             self.vm.agent.call("mount_share", {"tag": share.tag}, timeout=cfg.hypervisor.boot_timeout)
+        if net["nics"]:
+            self.vm.agent.call("configure_network", {
+                "nics": [{k: n[k] for k in ("name", "mac", "mtu", "addresses")} for n in net["nics"]],
+                "routes": net["routes"], "dns_relay": bool(net.get("dns_relay"))},
+                timeout=cfg.hypervisor.boot_timeout)
         self.info = {"accelerator": accelerator, "machine": spec.machine, "guest_kernel": hello.kernel,
                      "boot_id": hello.boot_id, "rootfs_dax": hello.rootfs_dax,
                      "boot_ms": round(self.vm.timeline.agent_ms), "qemu_pid": self.vm.proc.pid,
                      "vcpus": spec.vcpus, "memory_mib": spec.memory_mib}
+
+    def _nic(self, nic: dict[str, Any]) -> Nic:
+        """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""
+        if nic.get("device"):
+            fd = os.open(nic["device"], os.O_RDWR)
+            self._tap_fds.append(fd)
+            return Nic(mac=nic["mac"], fd=fd, mtu=nic["mtu"])
+        return Nic(mac=nic["mac"], tap=nic["tap"], mtu=nic["mtu"])
 
     # Serving.
 
@@ -96,6 +120,7 @@ class Monitor:
                 key.data(mask)
             if self.vm.proc is not None and self.vm.proc.poll() is not None:
                 self.running = False
+            self._expire_dns()
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -175,10 +200,13 @@ class Monitor:
         if op in LOCAL_OPS:
             self._local(conn, frame.id, op)
             return
+        self._send_agent(protocol.encode(protocol.REQUEST, self._agent_id(conn, frame.id, op), frame.payload))
+
+    def _agent_id(self, conn: Conn | None, client_id: int, op: str) -> int:
         agent_id = self.next_id
         self.next_id = self.next_id % 0xFFFFFFFF + 1
-        self.pending[agent_id] = (conn, frame.id, op)
-        self._send_agent(protocol.encode(protocol.REQUEST, agent_id, frame.payload))
+        self.pending[agent_id] = (conn, client_id, op)
+        return agent_id
 
     def _local(self, conn: Conn, id: int, op: str) -> None:
         if op == "vm_info":
@@ -235,6 +263,8 @@ class Monitor:
             if entry is None:
                 return
             conn, client_id, op = entry
+            if conn is None:
+                return  # the monitor's own request (a DNS reply): nothing to route
             if op in CREATING_OPS:
                 result = frame.json().get("result")
                 number = result.get("process") if isinstance(result, dict) else None
@@ -249,6 +279,9 @@ class Monitor:
                 self._send(owner, protocol.stream(frame.id, frame.payload))
         elif frame.kind == protocol.EVENT:
             event = frame.json()
+            if event.get("event") == "dns_query":
+                self._dns_query(event)
+                return
             number = event.get("process")
             if event.get("event") == "exit" and isinstance(number, int) and isinstance(event.get("status"), int):
                 self.exits[number] = event["status"]
@@ -261,6 +294,46 @@ class Monitor:
                 targets[id(owner)] = owner
             for conn in targets.values():
                 self._send(conn, protocol.encode(protocol.EVENT, 0, frame.payload))
+
+    # Docker's embedded DNS, asked in the container's namespace on the guest's behalf.
+
+    def _dns_query(self, event: dict[str, Any]) -> None:
+        qid, data = event.get("query"), event.get("data")
+        if not isinstance(qid, int) or not isinstance(data, str) or len(data) > DNS_MAX * 2 or len(self.dns) >= 256:
+            return
+        try:
+            raw = base64.b64decode(data, validate=True)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        except (ValueError, OSError):
+            return
+        try:
+            sock.connect(DOCKER_DNS)
+            sock.send(raw)
+        except OSError:
+            sock.close()
+            return
+        self.dns[sock.fileno()] = (sock, qid, time.monotonic())
+        self.selector.register(sock, selectors.EVENT_READ, lambda mask, s=sock: self._dns_answer(s))
+
+    def _dns_answer(self, sock: socket.socket) -> None:
+        _, qid, _ = self.dns.pop(sock.fileno())
+        self.selector.unregister(sock)
+        try:
+            answer = sock.recv(DNS_MAX)
+        except OSError:
+            answer = b""
+        sock.close()
+        if answer:
+            args = {"query": qid, "data": base64.b64encode(answer).decode()}
+            self._send_agent(protocol.request(self._agent_id(None, 0, "dns_reply"), "dns_reply", args))
+
+    def _expire_dns(self) -> None:
+        now = time.monotonic()
+        for fd, (sock, _, sent) in list(self.dns.items()):
+            if now - sent > 10:
+                del self.dns[fd]
+                self.selector.unregister(sock)
+                sock.close()
 
     def close(self) -> None:
         for conn in list(self.conns.values()):

@@ -187,6 +187,9 @@ def main() -> None:
     boot.mount_base()
     fd = os.open(find_port(protocol.AGENT_PORT_NAME), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     agent = Agent(fd, started_ms)
-    from .containers import Containers  # after the port is open: its imports cost boot time
+    from . import network
+    from .containers import Containers
+    network.loopback_up()
+    agent.handlers["configure_network"] = lambda args: network.configure(agent, args)
     Containers(agent)
     agent.run()

@@ -13,7 +13,7 @@ from .. import config as config_mod
 from ..errors import BundleError, ContainerError, NotFound, PellucidError
 from ..oci import bundle as oci
 from ..state import ContainerState, Status, Store, oci_state, proc_start_time, status
-from . import guest_config, mounts, netns, sandbox
+from . import guest_config, mounts, netns, network, sandbox
 from .shims import ShimHandle
 
 MiB = 1 << 20
@@ -35,6 +35,19 @@ def _network_namespace(config: dict[str, Any]) -> tuple[bool, str]:
         if ns.get("type") == "network":
             return True, ns.get("path") or ""
     return False, ""
+
+
+def _uses_docker_dns(config: dict[str, Any], bundle: str) -> bool:
+    """Whether the container's resolv.conf names Docker's embedded DNS server (user-defined networks)."""
+    for mount in config.get("mounts") or []:
+        if mount.get("destination") == "/etc/resolv.conf" and guest_config.is_bind(mount):
+            source = mount.get("source", "")
+            try:
+                with open(source if os.path.isabs(source) else os.path.join(bundle, source)) as f:
+                    return any(line.split()[:2] == ["nameserver", "127.0.0.11"] for line in f.read(65536).splitlines())
+            except OSError:
+                return False
+    return False
 
 
 def vm_size(cfg: config_mod.Config, config: dict[str, Any]) -> tuple[int, int]:
@@ -129,10 +142,16 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             _hooks("createRuntime", hooks["createRuntime"], st, Status.CREATING)
             timeout = cfg.hypervisor.boot_timeout + 30
             if kind != "container":
+                # After the hooks: Docker's prestart hook is what moves the container's veth in.
+                net = network.connect(netns_path, cfg.network.mode)
+                net["dns_relay"] = _uses_docker_dns(config, bundle)
+                st.extra["network"] = net
+                undo.push(lambda: network.disconnect(netns_path, net["nics"]))
                 vcpus, memory = vm_size(cfg, config)
                 undo.push(lambda: sandbox.stop(vm_dir))
                 st.extra["vm"] = sandbox.launch(vm_dir, {"id": id, "config": cfg.path, "vcpus": vcpus,
-                                                         "memory_mib": memory, "netns": netns_path}, timeout)
+                                                         "memory_mib": memory, "netns": netns_path,
+                                                         "network": net}, timeout)
             guest_cfg, binds = guest_config.translate(config, bundle, id, sandbox.SHARE_TAG)
             container_dir = os.path.join(sandbox.shared_dir(vm_dir), id)
             undo.push(lambda: shutil.rmtree(container_dir, ignore_errors=True))
@@ -238,6 +257,7 @@ def delete(store: Store, id: str, force: bool = False) -> None:
             mounts.unmount_all(os.path.join(sandbox.shared_dir(vm_dir), id))
         else:
             sandbox.stop(vm_dir)
+            network.disconnect(st.extra.get("netns", ""), (st.extra.get("network") or {}).get("nics", []))
         if st.pid and now is not Status.STOPPED:
             try:
                 os.kill(st.pid, signals.SIGKILL)

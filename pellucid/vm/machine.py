@@ -93,13 +93,15 @@ class VM:
             raise VMError(f"VM already {self.state.value}")
         agent_host, agent_qemu = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         qmp_host, qmp_qemu = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        spec = replace(self.spec, agent_fd=agent_qemu.fileno(), qmp_fd=qmp_qemu.fileno())
+        spec = replace(self.spec, agent_fd=agent_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
+                       pidfile=os.path.join(self.workdir, "qemu.pid"))
         argv = build_argv(spec)
         try:
             with open(self.log_path, "ab") as log:
                 self._started = time.monotonic()
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             pass_fds=(agent_qemu.fileno(), qmp_qemu.fileno()),
+                                             pass_fds=(agent_qemu.fileno(), qmp_qemu.fileno(),
+                                                       *(n.fd for n in spec.nics if n.fd >= 0)),
                                              preexec_fn=_die_with_parent)
         except OSError as err:
             agent_host.close()

@@ -24,6 +24,16 @@ class Share:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A virtio-net device backed by a tap in the VM's network namespace, by name or open fd (macvtap)."""
+
+    mac: str
+    tap: str = ""
+    fd: int = -1
+    mtu: int = 1500
+
+
+@dataclass(frozen=True)
 class VMSpec:
     qemu: str
     machine: str  # "q35" or "microvm"
@@ -40,8 +50,11 @@ class VMSpec:
     qmp_fd: int = -1
     #: where the serial console goes: a file path, or "" for a bounded in-QEMU ring buffer
     console_file: str = ""
+    #: where QEMU writes its pid (it also names the VM's directory on QEMU's command line)
+    pidfile: str = ""
     debug: bool = False
     shares: tuple[Share, ...] = field(default_factory=tuple)
+    nics: tuple[Nic, ...] = field(default_factory=tuple)
     extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -78,6 +91,8 @@ def build_argv(spec: VMSpec) -> list[str]:
     bus = _bus(spec.machine)
     argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on", "-nodefaults", "-no-user-config",
             "-display", "none", "-no-reboot"]
+    if spec.pidfile:
+        argv += ["-pidfile", spec.pidfile]
     if spec.machine == "q35":
         argv += ["-machine", f"q35,accel={spec.accelerator},{Q35_OPTIONS},mem-merge=on",
                  "-bios", spec.firmware,
@@ -109,6 +124,10 @@ def build_argv(spec: VMSpec) -> list[str]:
     else:
         argv += ["-chardev", "ringbuf,id=console,size=65536"]
     argv += ["-serial", "chardev:console"]
+    for i, nic in enumerate(spec.nics):
+        backend = f"fd={nic.fd}" if nic.fd >= 0 else f"ifname={nic.tap},script=no,downscript=no"
+        argv += ["-netdev", f"tap,id=net{i},{backend},vhost=off",
+                 "-device", f"virtio-net-{bus},netdev=net{i},mac={nic.mac},host_mtu={nic.mtu}"]
     for i, share in enumerate(spec.shares):
         ro = ",readonly=on" if share.readonly else ""
         argv += ["-fsdev", f"local,id=fs{i},path={share.path},security_model=passthrough,multidevs=remap{ro}",

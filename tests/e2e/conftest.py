@@ -20,8 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 PELLUCID = str(REPO / ".venv/bin/pellucid")
 
 
-def qemu_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout
+def qemu_pids(under: Path | str = "") -> set[int]:
+    """QEMU processes; with ``under``, only those of VMs whose directory is below that path
+    (other work on the machine may run VMs of its own)."""
+    out = subprocess.run(["pgrep", "-f", f"qemu-system.*-pidfile {under}" if under else "qemu-system"],
+                         capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -41,15 +44,14 @@ def busybox_template(tmp_path_factory) -> Path:
 @pytest.fixture
 def root(tmp_path) -> Path:
     """The runtime's --root for this test; after it, no container, mount or QEMU may remain."""
-    before = qemu_pids()
     path = tmp_path / "root"
     yield path
     leftovers = [p for p in (path.iterdir() if path.exists() else []) if not p.name.startswith(".")]
     mounts = harness.mounts_under(tmp_path)
     deadline = time.monotonic() + 10
-    while qemu_pids() - before and time.monotonic() < deadline:
+    while qemu_pids(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)
-    stray = qemu_pids() - before
+    stray = qemu_pids(tmp_path)
     for pid in stray:
         os.kill(pid, 9)
     harness.unmount_all_under(tmp_path)

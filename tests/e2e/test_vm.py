@@ -32,7 +32,6 @@ def vm_for(cfg: config_mod.Config, tmp_path, accelerator: str = "tcg") -> VM:
 
 def test_check_json_reports_a_real_guest(tmp_path):
     """`pellucid check --json` probes the accelerator, boots the guest and reports what it saw."""
-    before = qemu_pids()
     out = subprocess.run([PELLUCID, "--root", str(tmp_path), "check", "--json"], capture_output=True, text=True,
                          timeout=600)
     report = json.loads(out.stdout)
@@ -44,7 +43,7 @@ def test_check_json_reports_a_real_guest(tmp_path):
     assert report["guest_boot_id"] != report["host_boot_id"] == host_boot_id()
     assert report["rootfs_dax"] is True
     assert 0 < report["timeline_ms"]["kernel"] < report["timeline_ms"]["init"] <= report["boot_ms"]
-    assert qemu_pids() - before == set()
+    assert qemu_pids(tmp_path) == set()
 
 
 def test_handshake_ping_and_clean_stop(tmp_path):
@@ -68,7 +67,6 @@ def test_microvm_boots_with_its_root_on_virtio_blk(tmp_path):
 
 def test_qemu_dies_with_its_parent(tmp_path):
     """A caller killed with SIGKILL leaves no QEMU behind (PR_SET_PDEATHSIG)."""
-    before = qemu_pids()
     script = textwrap.dedent(f"""
         import sys, time
         from pellucid import config
@@ -89,19 +87,18 @@ def test_qemu_dies_with_its_parent(tmp_path):
     deadline = time.monotonic() + 10
     while qemu in qemu_pids() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert qemu_pids() - before == set()
+    assert qemu_pids(tmp_path) == set()
 
 
 def test_a_vm_that_does_not_come_up_is_reported_and_removed(tmp_path):
     bogus = tmp_path / "vmlinux"
     bogus.write_bytes(b"\x7fELF not a kernel")
     cfg = config_mod.parse(f'[assets]\nkernel = "{bogus}"\n')
-    before = qemu_pids()
     vm = VM(make_spec(cfg, resolve(cfg), "tcg"), str(tmp_path))
     with pytest.raises(VMError, match="did not come up"):
         with vm:
             vm.handshake(20)
-    assert qemu_pids() - before == set()
+    assert qemu_pids(tmp_path) == set()
 
 
 def test_accelerator_probe_falls_back_and_is_cached(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pellucid.vm.qemu_args import Share, VMSpec, build_argv, kernel_cmdline, maxmem_mib
+from pellucid.vm.qemu_args import Nic, Share, VMSpec, build_argv, kernel_cmdline, maxmem_mib
 
 
 def spec(**kw):
@@ -89,3 +89,13 @@ def test_maxmem_leaves_room_for_the_image():
 def test_unknown_machine_or_accelerator(bad):
     with pytest.raises(ValueError):
         build_argv(spec(**bad))
+
+
+def test_nics_are_virtio_net_on_taps_with_the_interfaces_mac():
+    argv = build_argv(spec(nics=(Nic(mac="02:42:a9:fe:4d:02", tap="pltap0", mtu=1450),
+                                 Nic(mac="02:00:00:00:00:01", fd=9))))
+    assert pairs(argv, "-netdev") == ["tap,id=net0,ifname=pltap0,script=no,downscript=no,vhost=off",
+                                      "tap,id=net1,fd=9,vhost=off"]
+    assert "virtio-net-pci,netdev=net0,mac=02:42:a9:fe:4d:02,host_mtu=1450" in pairs(argv, "-device")
+    assert "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01,host_mtu=1500" in pairs(
+        build_argv(spec(machine="microvm", nics=(Nic(mac="02:00:00:00:00:01", tap="t"),))), "-device")
