@@ -61,8 +61,11 @@ def with_netns(bundle, path: str | None) -> None:
     (bundle / "config.json").write_text(json.dumps(config))
 
 
-def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, make_bundle, tmp_path, cni_pair):
+@pytest.mark.parametrize("mode", ["tcfilter", "macvtap"])
+def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, make_bundle, tmp_path, cni_pair, mode):
     become_subreaper()
+    runtime.config = tmp_path / "pellucid.toml"
+    runtime.config.write_text(f'[hypervisor]\nboot_timeout = 240\n[network]\nmode = "{mode}"\n')
     peer, ctr = cni_pair
     mac = json.loads(sh("ip", "-n", ctr, "-j", "link", "show", "eth0").stdout)[0]["address"]
     bundle = make_bundle(["sh", "-c", "mkdir -p /www && echo hello-from-vm > /www/index.html && "
@@ -84,12 +87,13 @@ def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, m
         assert fetch_in(peer, url) == "hello-from-vm\n"
     assert sh("ip", "netns", "exec", peer, "ping", "-c", "2", "-W", "5", "169.254.30.2").returncode == 0
     assert sh("ip", "netns", "exec", peer, "ping", "-6", "-c", "2", "-W", "5", "fd69:1::2").returncode == 0
-    assert sh("ip", "-n", ctr, "-o", "link").stdout.count("pltap") == 1
+    assert sh("ip", "-n", ctr, "-o", "link").stdout.count("pltap" if mode == "tcfilter" else "plmvt") == 1
     runtime("delete", "--force", "web")
     wait_exit(int(pid_file.read_text()))
     pipes.close()
     # Torn down: no tap, no ingress qdisc left on the namespace's interface.
     assert "pltap" not in sh("ip", "-n", ctr, "-o", "link").stdout
+    assert "plmvt" not in sh("ip", "-n", ctr, "-o", "link").stdout
     assert "ingress" not in sh("ip", "netns", "exec", ctr, "tc", "qdisc", "show", "dev", "eth0").stdout
     assert "169.254.30.2/24" in sh("ip", "-n", ctr, "addr", "show", "eth0").stdout  # the namespace is left as found
 
