@@ -141,7 +141,7 @@ class Store:
     """The containers under one runtime root. Not thread-safe; one per process is the intent."""
 
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
-        self.root = root
+        self.root = os.path.abspath(root)  # mount points are compared with mountinfo's absolute paths
         self._held: dict[str, list] = {}  # id -> [fd, depth, shared] of the locks this Store holds
 
     def dir(self, id: str) -> str:
@@ -203,6 +203,9 @@ class Store:
     def remove(self, id: str) -> None:
         """Remove the container's directory and all in it; nothing to remove is no error."""
         path = self.dir(id)
+        busy = _mounts_under(path)
+        if busy:  # never delete through a mount: it may be a container's rootfs on the host
+            raise ContainerError(f"cannot remove {path}: {busy[0]} is still mounted")
         try:
             _rmtree(path)
         except OSError as err:
@@ -372,6 +375,13 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _mounts_under(path: str) -> list[str]:
+    prefix = path.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == path or p.startswith(prefix)]
 
 
 def _rmtree(path: str) -> None:

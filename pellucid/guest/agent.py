@@ -12,7 +12,9 @@ import selectors
 import signal
 import sys
 import time
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing import at run time: see protocol.py
+    from typing import Any, Callable
 
 from .. import protocol
 from . import boot
@@ -20,8 +22,6 @@ from . import boot
 PORTS_DIR = "/sys/class/virtio-ports"
 
 TICK_SECONDS = 0.5
-
-Handler = Callable[[dict[str, Any]], Any]
 
 
 class AgentError(Exception):
@@ -55,7 +55,7 @@ class Agent:
         self.selector = selectors.DefaultSelector()
         self.reader = protocol.FrameReader()
         self.out = bytearray()
-        self.handlers: dict[str, Handler] = {"hello": self.hello, "ping": self.ping}
+        self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {"hello": self.hello, "ping": self.ping}
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
         self.child_handlers: dict[int, Callable[[int], None]] = {}
         self.on_tick: list[Callable[[], None]] = []

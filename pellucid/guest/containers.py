@@ -17,7 +17,9 @@ import struct
 import subprocess
 import termios
 import time
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing import at run time: see protocol.py
+    from typing import Any
 
 from .. import protocol
 from .. import linux

@@ -8,7 +8,9 @@ import base64
 import selectors
 import socket
 import time
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing import at run time: see protocol.py
+    from typing import Any
 
 from .. import protocol
 from .agent import Agent, AgentError

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing import at run time: see protocol.py
+    from typing import Any
 
 from .. import protocol
 from .agent import Agent, AgentError

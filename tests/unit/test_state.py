@@ -439,3 +439,30 @@ def test_fresh_process_imports_little():
                                 text=True, timeout=30).stdout.split())
     assert "pellucid.state" in loaded
     assert not loaded & {"dataclasses", "typing", "subprocess", "datetime", "shutil", "contextlib", "threading"}
+
+
+def test_root_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Store("rel").root == str(tmp_path / "rel")
+
+
+def test_remove_never_deletes_through_a_mount(tmp_path):
+    """A container's rootfs is bind-mounted below its state directory: removing must not empty it."""
+    import subprocess
+    store = Store(str(tmp_path / "root"))
+    with store.create("c1"):
+        pass
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "file").write_text("keep")
+    target = tmp_path / "root" / "c1" / "vm" / "rootfs"
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(precious), str(target)], check=True)
+    try:
+        with pytest.raises(ContainerError, match="still mounted"):
+            store.remove("c1")
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    assert (precious / "file").read_text() == "keep"
+    store.remove("c1")
+    assert not (tmp_path / "root" / "c1").exists()
