@@ -146,7 +146,7 @@ class Monitor:
         if conn.sock.fileno() < 0:
             return
         if len(conn.out) + len(data) > MAX_CLIENT_BUFFER:
-            print(f"pellucid-monitor: client not reading, dropping its connection", file=sys.stderr)
+            print("pellucid-monitor: client not reading, dropping its connection", file=sys.stderr)
             self._close(conn)
             return
         conn.out += data

@@ -16,7 +16,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import struct
 import sys
 import termios

@@ -26,16 +26,17 @@ def _print_json(value: object) -> None:
 
 
 def create(args: argparse.Namespace) -> int:
-    from ..runtime import lifecycle
-    lifecycle.create(_store(args), _config(args), args.id, args.bundle, pid_file=args.pid_file,
+    from ..runtime.create import create as create_container
+    create_container(_store(args), _config(args), args.id, args.bundle, pid_file=args.pid_file,
                      console_socket=args.console_socket)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime import lifecycle
+    from ..runtime.create import create as create_container
     store = _store(args)
-    shim = lifecycle.create(store, _config(args), args.id, args.bundle, pid_file=args.pid_file,
+    shim = create_container(store, _config(args), args.id, args.bundle, pid_file=args.pid_file,
                             console_socket=args.console_socket, detached=args.detach)
     try:
         lifecycle.start(store, args.id)
@@ -99,12 +100,12 @@ def _exec_spec(args: argparse.Namespace, store: Store) -> dict:
 
 
 def exec_(args: argparse.Namespace) -> int:
-    from ..runtime import lifecycle
+    from ..runtime.exec import exec_process
     store = _store(args)
     process = _exec_spec(args, store)
     if args.tty:
         process["terminal"] = True
-    shim = lifecycle.exec_process(store, args.id, process, pid_file=args.pid_file,
+    shim = exec_process(store, args.id, process, pid_file=args.pid_file,
                                   console_socket=args.console_socket, detach=args.detach)
     return 0 if args.detach else shim.proc.wait()
 

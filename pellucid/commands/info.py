@@ -12,7 +12,7 @@ from .. import __version__, config, protocol
 
 def version(args: argparse.Namespace) -> int:
     print(f"pellucid version {__version__}")
-    print(f"spec: 1.0.2")
+    print("spec: 1.0.2")
     print(f"agent protocol: {protocol.VERSION}")
     print(f"python: {platform.python_version()}")
     return 0

@@ -78,3 +78,14 @@ class ShimHandle:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Atomically, as runc does: containerd reads it as soon as the command returns."""
+    if not path:
+        return
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, path)

@@ -5,7 +5,6 @@ the container's VM and reaches it from the other end. Traffic never leaves the t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 

@@ -1,7 +1,6 @@
 """Bundles, config.json and exec process files: checked as runc checks them, on real clients' files."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
