@@ -1,119 +1,198 @@
-"""The `pellucid` command: parse, call one library function, print. Command modules load lazily
-so that what a container manager calls most (state, kill, delete) imports little."""
+"""The `pellucid` command: parse, call one library function, print.
+
+containerd, Docker and conmon start the runtime several times per container, so this module
+imports almost nothing: a small parser of runc's command lines (global flags, then a command
+with its flags in any order, `--flag value` or `--flag=value`) instead of argparse, and each
+command's module loaded only when it runs.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import log
 from .errors import PellucidError
 
-# command -> (module in pellucid.commands, function)
-COMMANDS = {
-    "create": "container", "start": "container", "run": "container", "state": "container",
-    "kill": "container", "delete": "container", "exec": "container", "ps": "container",
-    "list": "container", "pause": "container", "resume": "container", "events": "container",
-    "update": "container", "spec": "container", "features": "container",
-    "check": "info", "env": "info", "assets": "info", "version": "info",
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+BOOL, VALUE, MANY = "bool", "value", "many"
+
+# flag -> (destination, kind, default); short aliases map to the same tuple.
+GLOBAL_FLAGS = {
+    "--root": ("root", VALUE, "/run/pellucid"),
+    "--log": ("log", VALUE, ""),
+    "--log-format": ("log_format", VALUE, "text"),
+    "--debug": ("debug", BOOL, False),
+    "--systemd-cgroup": ("systemd_cgroup", BOOL, False),  # accepted: the guest's cgroups are pellucid's
+    "--rootless": ("rootless", VALUE, "false"),  # accepted: pellucid runs as root
+    "--config": ("config", VALUE, None),
+    "--version": ("version", BOOL, False),
+    "-v": ("version", BOOL, False),
+    "--help": ("help", BOOL, False),
+    "-h": ("help", BOOL, False),
 }
 
-RENAMED = {"list": "list_", "exec": "exec_"}  # not to shadow Python's builtins in the command modules
+_CREATE = {"--bundle": ("bundle", VALUE, "."), "-b": ("bundle", VALUE, "."), "--pid-file": ("pid_file", VALUE, ""),
+           "--console-socket": ("console_socket", VALUE, ""), "--no-pivot": ("no_pivot", BOOL, False),
+           "--no-new-keyring": ("no_new_keyring", BOOL, False), "--preserve-fds": ("preserve_fds", VALUE, "0")}
+_FORMAT = {"--format": ("format", VALUE, "table"), "-f": ("format", VALUE, "table")}
+_JSON = {"--json": ("json", BOOL, False)}
+
+# command -> (module in pellucid.commands, function, positionals, flags, takes the rest as argv, help)
+COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
+    "create": ("container", "create", ("id",), _CREATE, False, "create a container (its VM boots)"),
+    "run": ("container", "run", ("id",), {**_CREATE, "--detach": ("detach", BOOL, False), "-d": ("detach", BOOL, False),
+                                          "--keep": ("keep", BOOL, False)}, False, "create and start a container"),
+    "start": ("container", "start", ("id",), {}, False, "start a created container"),
+    "state": ("container", "state", ("id",), {}, False, "print a container's state as JSON"),
+    "kill": ("container", "kill", ("id", "signal?"), {"--all": ("all", BOOL, False), "-a": ("all", BOOL, False)},
+             False, "send a signal (default SIGTERM) to a container's init process"),
+    "delete": ("container", "delete", ("id",), {"--force": ("force", BOOL, False), "-f": ("force", BOOL, False)},
+               False, "delete a container and its VM"),
+    "exec": ("container", "exec_", ("id",), {
+        "--process": ("process", VALUE, ""), "-p": ("process", VALUE, ""), "--tty": ("tty", BOOL, False),
+        "-t": ("tty", BOOL, False), "--console-socket": ("console_socket", VALUE, ""),
+        "--detach": ("detach", BOOL, False), "-d": ("detach", BOOL, False), "--pid-file": ("pid_file", VALUE, ""),
+        "--cwd": ("cwd", VALUE, ""), "--env": ("env", MANY, None), "-e": ("env", MANY, None),
+        "--user": ("user", VALUE, ""), "-u": ("user", VALUE, ""), "--additional-gids": ("additional_gids", MANY, None),
+        "-g": ("additional_gids", MANY, None), "--no-new-privs": ("no_new_privs", BOOL, False),
+        "--preserve-fds": ("preserve_fds", VALUE, "0")}, True, "run a process in a container"),
+    "ps": ("container", "ps", ("id",), _FORMAT, True, "list a container's processes"),
+    "list": ("container", "list_", (), {**_FORMAT, "--quiet": ("quiet", BOOL, False), "-q": ("quiet", BOOL, False)},
+             False, "list containers"),
+    "pause": ("container", "pause", ("id",), {}, False, "pause a container's processes"),
+    "resume": ("container", "resume", ("id",), {}, False, "resume a paused container"),
+    "events": ("container", "events", ("id",), {"--stats": ("stats", BOOL, False), "--interval": ("interval", VALUE, "5s")},
+               False, "print a container's stats as events"),
+    "update": ("container", "update", ("id",), {
+        "--resources": ("resources", VALUE, ""), "-r": ("resources", VALUE, ""),
+        **{f"--{name}": (name.replace("-", "_"), VALUE, None) for name in (
+            "memory", "memory-reservation", "memory-swap", "cpu-quota", "cpu-period", "cpu-shares", "pids-limit",
+            "cpuset-cpus", "cpuset-mems", "kernel-memory", "blkio-weight")}}, False,
+        "update a container's resource limits"),
+    "spec": ("container", "spec", (), {"--bundle": ("bundle", VALUE, "."), "-b": ("bundle", VALUE, "."),
+                                       "--rootless": ("rootless_spec", BOOL, False)}, False,
+             "write a default config.json"),
+    "features": ("container", "features", (), {}, False, "print the features pellucid supports, as JSON"),
+    "check": ("info", "check", (), {**_JSON, "--cached": ("cached", BOOL, False)}, False,
+              "check that this host can run pellucid, with a real VM boot"),
+    "env": ("info", "env", (), _JSON, False, "print the configuration in effect and the guest assets"),
+    "assets": ("info", "assets", ("action",), {}, False, "build the guest kernel and root image: `assets build`"),
+    "version": ("info", "version", (), {}, False, "print the version"),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pellucid", description="An OCI runtime that runs each container in a VM.")
-    p.add_argument("--root", default="/run/pellucid", help="root directory for container state")
-    p.add_argument("--log", default="", help="log file (default: none)")
-    p.add_argument("--log-format", default="text", choices=("text", "json"))
-    p.add_argument("--debug", action="store_true")
-    p.add_argument("--systemd-cgroup", action="store_true", help="accepted for compatibility; the guest's cgroups are pellucid's")
-    p.add_argument("--rootless", default="false", help="accepted for compatibility; pellucid runs as root")
-    p.add_argument("--config", default=None, help="pellucid configuration file (TOML)")
-    p.add_argument("-v", "--version", action="store_true")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+class Args:
+    """The parsed command line: attributes named after the flags' destinations."""
 
-    def cmd(name: str, help: str, *positional: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help)
-        for arg in positional:
-            c.add_argument(arg)
-        return c
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
 
-    for name, help in (("create", "create a container (its VM boots)"), ("run", "create and start a container")):
-        c = cmd(name, help, "id")
-        c.add_argument("-b", "--bundle", default=".")
-        c.add_argument("--pid-file", default="")
-        c.add_argument("--console-socket", default="")
-        c.add_argument("--no-pivot", action="store_true")
-        c.add_argument("--no-new-keyring", action="store_true")
-        c.add_argument("--preserve-fds", type=int, default=0)
-        if name == "run":
-            c.add_argument("-d", "--detach", action="store_true")
-            c.add_argument("--keep", action="store_true", help="do not delete the container after it exits")
-    cmd("start", "start a created container", "id")
-    c = cmd("state", "print a container's state as JSON", "id")
-    c = cmd("kill", "send a signal to a container's init process", "id")
-    c.add_argument("signal", nargs="?", default="SIGTERM")
-    c.add_argument("-a", "--all", action="store_true")
-    c = cmd("delete", "delete a container and its VM", "id")
-    c.add_argument("-f", "--force", action="store_true")
-    c = cmd("exec", "run a process in a container", "id")
-    c.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
-    c.add_argument("-p", "--process", default="")
-    c.add_argument("-t", "--tty", action="store_true")
-    c.add_argument("--console-socket", default="")
-    c.add_argument("-d", "--detach", action="store_true")
-    c.add_argument("--pid-file", default="")
-    c.add_argument("--cwd", default="")
-    c.add_argument("-e", "--env", action="append", default=[])
-    c.add_argument("-u", "--user", default="")
-    c.add_argument("--additional-gids", "-g", action="append", default=[])
-    c.add_argument("--no-new-privs", action="store_true")
-    c.add_argument("--preserve-fds", type=int, default=0)
-    c = cmd("ps", "list a container's processes", "id")
-    c.add_argument("-f", "--format", default="table", choices=("table", "json"))
-    c.add_argument("ps_args", nargs=argparse.REMAINDER)
-    c = cmd("list", "list containers")
-    c.add_argument("-f", "--format", default="table", choices=("table", "json"))
-    c.add_argument("-q", "--quiet", action="store_true")
-    cmd("pause", "pause a container's processes", "id")
-    cmd("resume", "resume a paused container", "id")
-    c = cmd("events", "print a container's stats as events", "id")
-    c.add_argument("--stats", action="store_true", help="print stats once and exit")
-    c.add_argument("--interval", default="5s")
-    c = cmd("update", "update a container's resource limits", "id")
-    c.add_argument("-r", "--resources", default="")
-    for flag in ("--memory", "--memory-reservation", "--memory-swap", "--cpu-quota", "--cpu-period", "--cpu-shares",
-                 "--pids-limit", "--cpuset-cpus", "--cpuset-mems", "--kernel-memory", "--blkio-weight"):
-        c.add_argument(flag, default=None)
-    c = cmd("spec", "write a default config.json")
-    c.add_argument("-b", "--bundle", default=".")
-    c.add_argument("--rootless", action="store_true")
-    cmd("features", "print the features pellucid supports, as JSON")
 
-    c = cmd("check", "check that this host can run pellucid, with a real VM boot")
-    c.add_argument("--json", action="store_true")
-    c.add_argument("--cached", action="store_true", help="reuse the cached accelerator probe")
-    c = cmd("env", "print the configuration in effect and the guest assets")
-    c.add_argument("--json", action="store_true")
-    c = cmd("assets", "build the guest kernel and root image (cached by input hash)")
-    c.add_argument("action", choices=("build",))
-    cmd("version", "print the version")
-    return p
+class UsageError(PellucidError):
+    pass
+
+
+def _defaults(flags: dict) -> dict[str, Any]:
+    return {dest: ([] if kind == MANY else default) for dest, kind, default in flags.values()}
+
+
+def _take_flag(words: list[str], i: int, flags: dict, values: dict[str, Any]) -> int:
+    """Consume the flag at words[i] (and its value); returns the next index."""
+    name, eq, inline = words[i].partition("=")
+    spec = flags.get(name)
+    if spec is None and not name.startswith("--"):
+        spec = flags.get("-" + name)  # urfave/cli, runc's parser, takes -root for --root
+    if spec is None:
+        raise UsageError(f"flag provided but not defined: {name}")
+    dest, kind, _ = spec
+    if kind == BOOL:
+        values[dest] = inline.lower() not in ("false", "0") if eq else True
+        return i + 1
+    if eq:
+        value, i = inline, i + 1
+    elif i + 1 < len(words):
+        value, i = words[i + 1], i + 2
+    else:
+        raise UsageError(f"flag needs an argument: {name}")
+    if kind == MANY:
+        values[dest].append(value)
+    else:
+        values[dest] = value
+    return i
+
+
+def parse(argv: list[str]) -> Args:
+    values = _defaults(GLOBAL_FLAGS)
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        i = _take_flag(argv, i, GLOBAL_FLAGS, values)
+    if i == len(argv):
+        return Args(command="version" if values["version"] else "", **values)
+    command = argv[i]
+    if command not in COMMANDS:
+        raise UsageError(f"no such command: {command}")
+    _, _, positionals, flags, rest, _ = COMMANDS[command]
+    values.update(_defaults(flags), command=command, argv=[])
+    found: list[str] = []
+    i += 1
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            found += argv[i + 1:]
+            break
+        if word.startswith("-") and word != "-" and not (rest and len(found) >= len(positionals)):
+            if word in ("-h", "--help"):
+                values["help"] = True
+                i += 1
+                continue
+            i = _take_flag(argv, i, flags, values)
+            continue
+        found.append(word)
+        i += 1
+    required = [p for p in positionals if not p.endswith("?")]
+    if values["help"]:
+        return Args(**values)
+    if len(found) < len(required):
+        raise UsageError(f"{command}: missing {' '.join(p.upper() for p in required[len(found):])}")
+    if len(found) > len(positionals) and not rest:
+        raise UsageError(f"{command}: unexpected argument {found[len(positionals)]}")
+    for j, name in enumerate(positionals):
+        values[name.rstrip("?")] = found[j] if j < len(found) else None
+    values["argv"] = found[len(positionals):]
+    return Args(**values)
+
+
+def usage(command: str = "") -> str:
+    if command:
+        _, _, positionals, flags, rest, help = COMMANDS[command]
+        args = " ".join(p.rstrip("?").upper() for p in positionals) + (" [COMMAND...]" if rest else "")
+        lines = [f"usage: pellucid [global flags] {command} [flags] {args}".rstrip(), "", help, "", "flags:"]
+        lines += [f"  {flag}" + ("" if kind == BOOL else " VALUE") for flag, (_, kind, _) in flags.items()]
+        return "\n".join(lines)
+    lines = ["usage: pellucid [global flags] COMMAND [flags] [args]", "",
+             "An OCI runtime that runs each container, or pod, in its own lightweight VM.", "", "commands:"]
+    lines += [f"  {name:<10} {spec[5]}" for name, spec in COMMANDS.items()]
+    lines += ["", "global flags:"] + [f"  {flag}" for flag in GLOBAL_FLAGS]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    log.setup(args.log, args.log_format, args.debug)
-    if args.version:
-        args.command = "version"
-    if not args.command:
-        parser.print_help()
-        return 0
-    module = __import__(f"pellucid.commands.{COMMANDS[args.command]}", fromlist=["x"])
     try:
-        return getattr(module, RENAMED.get(args.command, args.command))(args)
+        args = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as err:
+        log.error(f"pellucid: {err}")
+        return 2
+    log.setup(args.log, args.log_format, args.debug)
+    if args.help or not args.command:
+        print(usage(args.command if args.help else ""))
+        return 0
+    module_name, function, *_ = COMMANDS[args.command]
+    module = __import__(f"pellucid.commands.{module_name}", fromlist=[function])
+    try:
+        return getattr(module, function)(args)
     except PellucidError as err:
         log.error(f"pellucid: {err}")
         return err.exit_code

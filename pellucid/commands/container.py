@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -11,12 +10,16 @@ import time
 from ..errors import ContainerError
 from ..state import Store
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..cli import Args
 
-def _store(args: argparse.Namespace) -> Store:
+
+def _store(args: Args) -> Store:
     return Store(args.root)
 
 
-def _config(args: argparse.Namespace):
+def _config(args: Args):
     from ..config import load
     return load(args.config)
 
@@ -25,14 +28,14 @@ def _print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
-def create(args: argparse.Namespace) -> int:
+def create(args: Args) -> int:
     from ..runtime.create import create as create_container
     create_container(_store(args), _config(args), args.id, args.bundle, pid_file=args.pid_file,
                      console_socket=args.console_socket)
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from ..runtime import lifecycle
     from ..runtime.create import create as create_container
     store = _store(args)
@@ -51,32 +54,32 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def start(args: argparse.Namespace) -> int:
+def start(args: Args) -> int:
     from ..runtime import lifecycle
     lifecycle.start(_store(args), args.id)
     return 0
 
 
-def state(args: argparse.Namespace) -> int:
+def state(args: Args) -> int:
     from ..state import oci_state, status
     st = _store(args).load(args.id)
     _print_json(oci_state(st, status(st)))
     return 0
 
 
-def kill(args: argparse.Namespace) -> int:
+def kill(args: Args) -> int:
     from ..runtime import lifecycle
-    lifecycle.kill(_store(args), args.id, args.signal, args.all)
+    lifecycle.kill(_store(args), args.id, args.signal or "SIGTERM", args.all)
     return 0
 
 
-def delete(args: argparse.Namespace) -> int:
+def delete(args: Args) -> int:
     from ..runtime import lifecycle
     lifecycle.delete(_store(args), args.id, force=args.force)
     return 0
 
 
-def _exec_spec(args: argparse.Namespace, store: Store) -> dict:
+def _exec_spec(args: Args, store: Store) -> dict:
     from ..oci import bundle
     if args.process:
         return bundle.load_process(args.process)
@@ -99,7 +102,7 @@ def _exec_spec(args: argparse.Namespace, store: Store) -> dict:
     return process
 
 
-def exec_(args: argparse.Namespace) -> int:
+def exec_(args: Args) -> int:
     from ..runtime.exec import exec_process
     store = _store(args)
     process = _exec_spec(args, store)
@@ -110,7 +113,7 @@ def exec_(args: argparse.Namespace) -> int:
     return 0 if args.detach else shim.proc.wait()
 
 
-def ps(args: argparse.Namespace) -> int:
+def ps(args: Args) -> int:
     from ..runtime import lifecycle
     procs = lifecycle.ps(_store(args), args.id)
     if args.format == "json":
@@ -122,7 +125,7 @@ def ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_(args: argparse.Namespace) -> int:
+def list_(args: Args) -> int:
     from ..runtime import lifecycle
     states = lifecycle.list_states(_store(args))
     if args.quiet:
@@ -137,13 +140,13 @@ def list_(args: argparse.Namespace) -> int:
     return 0
 
 
-def pause(args: argparse.Namespace) -> int:
+def pause(args: Args) -> int:
     from ..runtime import lifecycle
     lifecycle.pause(_store(args), args.id)
     return 0
 
 
-def resume(args: argparse.Namespace) -> int:
+def resume(args: Args) -> int:
     from ..runtime import lifecycle
     lifecycle.resume(_store(args), args.id)
     return 0
@@ -159,7 +162,7 @@ def _duration(value: str) -> float:
     raise ContainerError(f"invalid duration {value!r}")
 
 
-def events(args: argparse.Namespace) -> int:
+def events(args: Args) -> int:
     from ..runtime import lifecycle
     store = _store(args)
     interval = _duration(args.interval)
@@ -184,7 +187,7 @@ def _size(value: str) -> int:
     raise ContainerError(f"invalid size {value!r}")
 
 
-def update(args: argparse.Namespace) -> int:
+def update(args: Args) -> int:
     from ..runtime import lifecycle
     if args.resources:
         resources = lifecycle.read_json_arg(args.resources)
@@ -203,7 +206,7 @@ def update(args: argparse.Namespace) -> int:
     return 0
 
 
-def spec(args: argparse.Namespace) -> int:
+def spec(args: Args) -> int:
     from ..oci.default_spec import default_spec
     path = os.path.join(args.bundle, "config.json")
     if os.path.exists(path):
@@ -213,7 +216,7 @@ def spec(args: argparse.Namespace) -> int:
     return 0
 
 
-def features(args: argparse.Namespace) -> int:
+def features(args: Args) -> int:
     from ..oci.features import features as feats
     _print_json(feats())
     return 0

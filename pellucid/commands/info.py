@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 
 from .. import __version__, config, protocol
+from ..errors import PellucidError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..cli import Args
 
 
-def version(args: argparse.Namespace) -> int:
+def version(args: Args) -> int:
     print(f"pellucid version {__version__}")
     print("spec: 1.0.2")
     print(f"agent protocol: {protocol.VERSION}")
@@ -18,7 +22,7 @@ def version(args: argparse.Namespace) -> int:
     return 0
 
 
-def check(args: argparse.Namespace) -> int:
+def check(args: Args) -> int:
     from ..check import check as run_check
     cfg = config.load(args.config)
     report = run_check(cfg, os.path.join(args.root, ".vm"), refresh=not args.cached)
@@ -36,7 +40,7 @@ def check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def env(args: argparse.Namespace) -> int:
+def env(args: Args) -> int:
     from ..build import cache
     from ..vm import accel
     from ..vm.assets import resolve
@@ -70,8 +74,10 @@ def env(args: argparse.Namespace) -> int:
     return 0
 
 
-def assets(args: argparse.Namespace) -> int:
+def assets(args: Args) -> int:
     from ..build import kernel, rootfs
+    if args.action != "build":
+        raise PellucidError(f"unknown assets action {args.action!r}: use `pellucid assets build`")
     cfg = config.load(args.config)
     k = kernel.ensure(cfg.assets.dir, cfg.assets.kernel_source)
     i = rootfs.ensure(cfg.assets.dir)
