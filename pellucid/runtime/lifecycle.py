@@ -153,11 +153,22 @@ def resume(store: Store, id: str) -> None:
 
 
 def ps(store: Store, id: str) -> list[dict[str, Any]]:
+    """The container's processes as the guest reports them, checked (the guest is not trusted)."""
     st, now = _running(store, id)
     if now is Status.STOPPED:
         raise ContainerError("container not running")
     result = _call(store, st, "ps", {"id": id})
-    return result if isinstance(result, list) else []
+    procs = []
+    for entry in result if isinstance(result, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        fields = {k: entry.get(k) for k in ("pid", "ppid", "uid")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in fields.values()):
+            continue
+        state, cmd = entry.get("state"), entry.get("cmd")
+        procs.append({**fields, "state": state[:4] if isinstance(state, str) else "?",
+                      "cmd": cmd[:4096] if isinstance(cmd, str) else ""})
+    return procs
 
 
 def stats(store: Store, id: str) -> dict[str, Any]:
