@@ -51,6 +51,7 @@ def env(args: Args) -> int:
         "runtime": {"version": __version__, "root": args.root, "agent_protocol": protocol.VERSION},
         "hypervisor": vars(cfg.hypervisor).copy(),
         "assets": {**vars(cfg.assets), "kernel_path": cfg.kernel_path, "image_path": cfg.image_path},
+        "network": vars(cfg.network).copy(),
     }
     try:
         a = resolve(cfg)

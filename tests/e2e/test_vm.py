@@ -114,3 +114,14 @@ def test_accelerator_probe_falls_back_and_is_cached(tmp_path):
     assert cached == probe and again == accelerator
     forced, none = accel.choose(config_mod.parse('[hypervisor]\naccelerator = "tcg"\n'), assets, str(tmp_path))
     assert (forced, none) == ("tcg", None)
+
+
+def test_env_names_the_assets_in_effect_and_the_probe():
+    out = subprocess.run([PELLUCID, "env", "--json"], capture_output=True, text=True, timeout=60, check=True)
+    env = json.loads(out.stdout)
+    assets = env["assets"]
+    assert assets["kernel_release"] and assets["kernel_release"] != os.uname().release
+    assert os.path.isfile(assets["kernel_resolved"]) and os.path.isfile(assets["image_resolved"])
+    assert "python3.11-minimal" in assets["image_packages"] and "crun" in assets["image_packages"]
+    assert env["hypervisor"]["machine"] in ("q35", "microvm")
+    assert env["network"]["mode"] in ("tcfilter", "macvtap")
