@@ -4,7 +4,7 @@ Its pid is what --pid-file gets. It relays stdio (the pipes or FIFOs its caller 
 or a terminal), forwards signals and window-size changes, and exits with the container process's
 status (128+N for death by signal N), so containerd's shim and conmon see a runc-like process.
 
-Run as ``python -m pellucid.shim REQUEST_FD READY_FD [NETNS]`` by the runtime (see
+Run as ``python -m pellucid.shim REQUEST_FD READY_FD`` by the runtime (see
 pellucid.runtime.shims): the request (JSON) names the monitor socket, the request that creates
 the process and the terminal set-up.
 """
@@ -172,13 +172,9 @@ class Shim:
 
 
 def main(argv: list[str]) -> int:
-    """argv: REQUEST_FD READY_FD [NETNS]. The shim enters the network namespace at once (so its pid
-    stands for the container's namespace from the start, as hooks expect), then waits for its
-    request: the runtime sends it once the VM is up."""
+    """argv: REQUEST_FD READY_FD. The runtime started the shim in the container's network namespace;
+    it waits for its request, which the runtime sends once the VM is up."""
     request_fd, ready_fd = int(argv[0]), int(argv[1])
-    if len(argv) > 2:
-        from .runtime import netns
-        netns.enter(argv[2])
     with os.fdopen(request_fd, "rb") as f:
         raw = f.read(8 << 20)
     ready = os.fdopen(ready_fd, "w")

@@ -115,10 +115,12 @@ def exec_(args: Args) -> int:
 
 def ps(args: Args) -> int:
     from ..runtime import lifecycle
-    procs = lifecycle.ps(_store(args), args.id)
     if args.format == "json":
-        _print_json([p["pid"] for p in procs])
-        return 0
+        # runc answers with host pids, which callers look up in the host's process table (docker top
+        # does). The container's processes run in its VM: they have no host pids to give.
+        raise ContainerError("ps --format json: the container's processes run in its VM and have no host "
+                             "pids; use ps --format table")
+    procs = lifecycle.ps(_store(args), args.id)
     print(f"{'UID':<8} {'PID':>7} {'PPID':>7} {'STAT':<4} CMD")
     for p in procs:
         print(f"{p['uid']:<8} {p['pid']:>7} {p['ppid']:>7} {p['state']:<4} {p['cmd']}")

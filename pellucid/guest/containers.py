@@ -40,6 +40,21 @@ def _ident(args: dict[str, Any], name: str = "id") -> str:
     return value
 
 
+def set_net_sysctls(values: dict[str, Any]) -> None:
+    """The container's net.* sysctls, on the VM's network namespace (which is the container's)."""
+    for key, value in values.items():
+        parts = key.split(".")
+        if parts[0] != "net" or not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
+            raise AgentError("invalid", f"invalid sysctl {key!r}")
+        if not isinstance(value, str) or len(value) > 256:
+            raise AgentError("invalid", f"invalid value for sysctl {key}")
+        try:
+            with open("/proc/sys/" + "/".join(parts), "w") as f:
+                f.write(value)
+        except OSError as err:
+            raise AgentError("sysctl", f"sysctl {key}: {err.strerror}") from None
+
+
 class Process:
     """One process the host sees: a container's init or an exec'd process."""
 
@@ -304,6 +319,7 @@ class Containers:
             raise AgentError("exists", f"container {cid} exists")
         config = protocol.field(args, "config", dict, max_len=1 << 20)
         tty = protocol.field(args, "tty", bool, optional=True, default=False)
+        set_net_sysctls(protocol.field(args, "net_sysctls", dict, optional=True, default={}, max_len=256))
         bundle = f"{BUNDLES}/{cid}"
         os.makedirs(bundle, exist_ok=True)
         with open(f"{bundle}/config.json", "w") as f:

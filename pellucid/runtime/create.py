@@ -109,7 +109,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                     netns_path = os.path.join(vm_dir, "netns")
                     netns.pin_new(netns_path)
                     undo.push(lambda: netns.release(netns_path))
-            shim = ShimHandle(netns_path or None)
+            shim = ShimHandle(netns_path or None, console=bool(console_socket))
             undo.push(shim.abort)
             st.pid, st.pid_start = shim.pid, proc_start_time(shim.pid) or 0
             st.extra = {"netns": netns_path, "poststart": hooks["poststart"], "poststop": hooks["poststop"],
@@ -135,7 +135,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             undo.push(lambda: mounts.unmount_all(container_dir))
             mounts.make_binds(container_dir, rootfs, binds)
             report = shim.send({"monitor": os.path.join(vm_dir, sandbox.MONITOR_SOCKET), "op": "create_container",
-                                "args": {"id": id, "config": guest_cfg, "tty": terminal},
+                                "args": {"id": id, "config": guest_cfg, "tty": terminal,
+                                         "net_sysctls": guest_config.net_sysctls(config)},
                                 "console_socket": console_socket}, timeout)
             st.extra.update(process=report["process"], guest_pid=report.get("guest_pid"))
             write_pid_file(pid_file, shim.pid)

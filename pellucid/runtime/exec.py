@@ -23,7 +23,7 @@ def exec_process(store: Store, id: str, process: dict[str, Any], *, pid_file: st
     terminal = bool(process.get("terminal"))
     if terminal and detach and not console_socket:
         raise ContainerError("cannot allocate tty if pellucid will detach without setting console socket")
-    shim = ShimHandle(st.extra.get("netns") or None)
+    shim = ShimHandle(st.extra.get("netns") or None, console=bool(console_socket))
     try:
         shim.send({"monitor": os.path.join(vm_dir_of(store, st), sandbox.MONITOR_SOCKET), "op": "exec_process",
                    "args": {"id": id, "process_spec": guest_config.process_for_guest(process)},

@@ -86,6 +86,15 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
         namespaces.append(ns)
     linux["namespaces"] = namespaces
     linux["cgroupsPath"] = f"/pellucid/{container_id}"
+    # Network sysctls belong to a network namespace the container no longer has: the agent sets them
+    # on the VM's, which is the container's (see net_sysctls).
+    sysctl = linux.get("sysctl") or {}
+    if sysctl:
+        linux["sysctl"] = {k: v for k, v in sysctl.items() if not k.startswith("net.")}
+    # Block I/O limits would name the guest's disks, not the container's (its rootfs is on 9p).
+    resources = linux.get("resources")
+    if isinstance(resources, dict):
+        resources.pop("blockIO", None)
     linux.pop("mountLabel", None)
     linux.pop("intelRdt", None)
     process = cfg.get("process")
@@ -93,6 +102,12 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
         process.pop("apparmorProfile", None)
         process.pop("selinuxLabel", None)
     return cfg, binds
+
+
+def net_sysctls(config: dict[str, Any]) -> dict[str, str]:
+    """The config's net.* sysctls, for the VM's network namespace."""
+    sysctl = (config.get("linux") or {}).get("sysctl") or {}
+    return {k: str(v) for k, v in sysctl.items() if k.startswith("net.")}
 
 
 def process_for_guest(process: dict[str, Any]) -> dict[str, Any]:

@@ -12,18 +12,25 @@ import time
 from typing import Any
 
 from ..errors import ContainerError
+from . import netns as netns_mod
 
 
 class ShimHandle:
     """A shim started and waiting for its request (it is already in the container's netns)."""
 
-    def __init__(self, netns: str | None) -> None:
+    def __init__(self, netns: str | None, console: bool = False) -> None:
         req_r, self._req_w = os.pipe2(os.O_CLOEXEC)
         self._ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        argv = [sys.executable, "-m", "pellucid.shim", str(req_r), str(ready_w)] + ([netns] if netns else [])
+        argv = [sys.executable, "-m", "pellucid.shim", str(req_r), str(ready_w)]
+        # The pipes or FIFOs the caller gave the runtime are the process's stdio, unless its terminal
+        # goes to a console socket: then they must not be held open (containerd reads them to EOF).
+        stdio = subprocess.DEVNULL if console else None
         try:
-            # stdio is inherited: the pipes or FIFOs the caller gave the runtime are the process's.
-            self.proc = subprocess.Popen(argv, pass_fds=(req_r, ready_w), close_fds=True)
+            # The shim is in the container's network namespace before its pid is known to anyone
+            # (prestart hooks, Docker's among them, find the namespace through it).
+            self.proc = subprocess.Popen(argv, pass_fds=(req_r, ready_w), close_fds=True, stdin=stdio,
+                                         stdout=stdio, stderr=stdio,
+                                         preexec_fn=(lambda: netns_mod.enter(netns)) if netns else None)
         finally:
             os.close(req_r)
             os.close(ready_w)
