@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from typing import Any, Callable
 
 from .. import config as config_mod
@@ -90,6 +89,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                           "VM with a network stack of its own (use a network namespace, not host networking)")
     hooks = {stage: oci.hooks_of(config, stage) for stage in ("prestart", "createRuntime", "poststart",
                                                                "poststop")}
+    guest_cfg, binds = guest_config.translate(config, bundle, id, sandbox.SHARE_TAG)  # refuses before any boot
     with store.create(id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), kind=kind,
                       sandbox=sandbox_id if kind == "container" else id,
                       annotations=config.get("annotations") or {}) as st:
@@ -129,10 +129,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                 st.extra["vm"] = sandbox.launch(vm_dir, {"id": id, "config": cfg.path, "vcpus": vcpus,
                                                          "memory_mib": memory, "netns": netns_path,
                                                          "network": net}, timeout)
-            guest_cfg, binds = guest_config.translate(config, bundle, id, sandbox.SHARE_TAG)
             container_dir = os.path.join(sandbox.shared_dir(vm_dir), id)
-            undo.push(lambda: shutil.rmtree(container_dir, ignore_errors=True))
-            undo.push(lambda: mounts.unmount_all(container_dir))
+            undo.push(lambda: mounts.remove_tree(container_dir))
             mounts.make_binds(container_dir, rootfs, binds)
             report = shim.send({"monitor": os.path.join(vm_dir, sandbox.MONITOR_SOCKET), "op": "create_container",
                                 "args": {"id": id, "config": guest_cfg, "tty": terminal,

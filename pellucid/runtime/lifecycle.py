@@ -108,7 +108,7 @@ def delete(store: Store, id: str, force: bool = False) -> None:
                 _call(store, st, "delete_container", {"id": id}, timeout=30)
             except PellucidError:
                 pass
-            mounts.unmount_all(os.path.join(sandbox.shared_dir(vm_dir), id))
+            mounts.remove_tree(os.path.join(sandbox.shared_dir(vm_dir), id))
         else:
             sandbox.stop(vm_dir)
             nics = (st.extra.get("network") or {}).get("nics", [])

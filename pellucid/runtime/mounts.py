@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 from .. import linux
 from ..errors import ContainerError
@@ -47,3 +48,11 @@ def unmount_all(path: str) -> None:
             linux.umount(point, linux.MNT_DETACH)
         except OSError:
             pass
+
+
+def remove_tree(path: str) -> None:
+    """Unmount everything below ``path``, then remove it, never through a mount that stayed."""
+    unmount_all(path)
+    if mounts_under(path):
+        raise ContainerError(f"cannot remove {path}: {mounts_under(path)[0]} is still mounted")
+    shutil.rmtree(path, ignore_errors=True)

@@ -3,10 +3,13 @@ the one a path names. The VM's QEMU and the shims run in it; /proc/<shim pid>/ns
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 from .. import linux
 from ..errors import ContainerError
+
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: which kind of namespace it is
 
 
 def pin_new(path: str) -> None:
@@ -46,5 +49,22 @@ def enter(path: str) -> None:
         raise ContainerError(f"network namespace {path}: {err.strerror}") from None
     try:
         linux.setns(fd, linux.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+
+
+def check(path: str) -> None:
+    """That ``path`` is a network namespace this process can enter (before a child tries)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise ContainerError(f"network namespace {path}: {err.strerror}") from None
+    try:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError:
+            kind = 0
+        if kind != linux.CLONE_NEWNET:
+            raise ContainerError(f"{path} is not a network namespace")
     finally:
         os.close(fd)

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from .. import linux
 from ..errors import ContainerError
+from . import netns
 
 TAP_PREFIX = "pltap"
 MACVTAP_PREFIX = "plmvt"
@@ -31,14 +32,7 @@ def in_netns(path: str) -> Iterator[None]:
     """Run the body in the network namespace at ``path`` (the CLI is single-threaded)."""
     here = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        try:
-            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise ContainerError(f"network namespace {path}: {err.strerror}") from None
-        try:
-            linux.setns(target, linux.CLONE_NEWNET)
-        finally:
-            os.close(target)
+        netns.enter(path)
         try:
             yield
         finally:

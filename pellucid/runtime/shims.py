@@ -19,6 +19,8 @@ class ShimHandle:
     """A shim started and waiting for its request (it is already in the container's netns)."""
 
     def __init__(self, netns: str | None, console: bool = False) -> None:
+        if netns:
+            netns_mod.check(netns)
         req_r, self._req_w = os.pipe2(os.O_CLOEXEC)
         self._ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         argv = [sys.executable, "-m", "pellucid.shim", str(req_r), str(ready_w)]
@@ -31,6 +33,10 @@ class ShimHandle:
             self.proc = subprocess.Popen(argv, pass_fds=(req_r, ready_w), close_fds=True, stdin=stdio,
                                          stdout=stdio, stderr=stdio,
                                          preexec_fn=(lambda: netns_mod.enter(netns)) if netns else None)
+        except subprocess.SubprocessError as err:
+            os.close(self._req_w)
+            os.close(self._ready_r)
+            raise ContainerError(f"cannot start the shim in network namespace {netns}: {err}") from None
         finally:
             os.close(req_r)
             os.close(ready_w)
