@@ -49,7 +49,15 @@ def commit(root: str | os.PathLike, kind: str, key: str, staging: Path, manifest
         shutil.rmtree(final)
     os.rename(staging, final)
     point(root, link, final / artifact)
+    prune(root, kind, keep=final.name)
     return final / artifact
+
+
+def prune(root: str | os.PathLike, kind: str, keep: str) -> None:
+    """Remove older builds of ``kind``: QEMU processes still mapping an old image keep their pages."""
+    for entry in Path(root).glob(f"{kind}-*"):
+        if entry.name != keep and entry.is_dir() and (entry / "manifest.json").exists():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def point(root: str | os.PathLike, link: str, artifact: Path) -> None:

@@ -28,8 +28,16 @@ def _print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+def _no_preserved_fds(args: Args) -> None:
+    # runc hands file descriptors 3..3+N to the container; they cannot cross into a VM.
+    if args.preserve_fds not in ("0", ""):
+        raise ContainerError("--preserve-fds is not supported: a container in a VM cannot inherit host file "
+                             "descriptors")
+
+
 def create(args: Args) -> int:
     from ..runtime.create import create as create_container
+    _no_preserved_fds(args)
     create_container(_store(args), _config(args), args.id, args.bundle, pid_file=args.pid_file,
                      console_socket=args.console_socket)
     return 0
@@ -38,6 +46,7 @@ def create(args: Args) -> int:
 def run(args: Args) -> int:
     from ..runtime import lifecycle
     from ..runtime.create import create as create_container
+    _no_preserved_fds(args)
     store = _store(args)
     shim = create_container(store, _config(args), args.id, args.bundle, pid_file=args.pid_file,
                             console_socket=args.console_socket, detached=args.detach)
@@ -104,6 +113,7 @@ def _exec_spec(args: Args, store: Store) -> dict:
 
 def exec_(args: Args) -> int:
     from ..runtime.exec import exec_process
+    _no_preserved_fds(args)
     store = _store(args)
     process = _exec_spec(args, store)
     if args.tty:

@@ -76,3 +76,8 @@ def test_a_container_whose_process_cannot_start_leaves_nothing(runtime, make_bun
     assert out.returncode != 0
     assert "/no/such/binary" in runtime.log.read_text()
     assert runtime("state", "nobin", check=False).returncode != 0
+
+
+def test_preserved_fds_cannot_cross_into_a_vm(runtime, make_bundle):
+    failing(runtime, "create", "--preserve-fds", "2", "--bundle", str(make_bundle(["true"])), "pfds",
+            message="--preserve-fds is not supported")

@@ -21,14 +21,14 @@ def test_commit_lookup_and_link(tmp_path):
     assert cache.lookup(tmp_path, "kernel", "k1", "vmlinux") == path
     assert os.readlink(tmp_path / "vmlinux") == "kernel-k1/vmlinux"
     assert cache.manifest_of(tmp_path / "vmlinux") == {"release": "6.1"}
-    # a second build moves the link; the first stays cached
+    # a second build moves the link
     staging2 = tmp_path / ".staging2"
     staging2.mkdir()
     (staging2 / "vmlinux").write_bytes(b"ELF2")
     cache.commit(tmp_path, "kernel", "k2", staging2, {}, "vmlinux", "vmlinux")
     assert os.readlink(tmp_path / "vmlinux") == "kernel-k2/vmlinux"
-    cache.point(tmp_path, "vmlinux", path)
-    assert (tmp_path / "vmlinux").read_bytes() == b"ELF"
+    assert (tmp_path / "vmlinux").read_bytes() == b"ELF2"
+    assert not path.exists()  # the older build is pruned
 
 
 def test_incomplete_build_is_not_a_hit(tmp_path):
