@@ -63,7 +63,7 @@ class Monitor:
         self.vm: VM | None = None
         self.info: dict[str, Any] = {}
         self.running = True
-        self.agent_reader = protocol.FrameReader()
+        self.agent_reader: protocol.FrameReader | None = None
         self.agent_out = bytearray()
         self._tap_fds: list[int] = []
 
@@ -115,6 +115,10 @@ class Monitor:
         listener.setblocking(False)
         self.selector.register(agent, selectors.EVENT_READ, self._on_agent)
         self.selector.register(listener, selectors.EVENT_READ, lambda mask: self._accept(listener))
+        # Bytes the boot-time client read past its last response are the start of what we serve.
+        self.agent_reader = self.vm.agent.reader
+        for frame in self.agent_reader.feed(b""):
+            self._from_agent(frame)
         while self.running:
             for key, mask in self.selector.select(1.0):
                 key.data(mask)
@@ -250,6 +254,7 @@ class Monitor:
                 self.running = False
                 return
             try:
+                assert self.agent_reader is not None
                 for frame in self.agent_reader.feed(data):
                     self._from_agent(frame)
             except protocol.ProtocolError as err:
