@@ -87,6 +87,12 @@ GROUP = "root:x:0:\nnobody:x:65534:\nnogroup:x:65534:\n"
 IMAGE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
 
+def need(*binaries: str) -> None:
+    """The README's set-up installs every client: a missing one is a set-up defect, not a skip."""
+    missing = [b for b in binaries if shutil.which(b) is None]
+    assert not missing, f"not installed: {', '.join(missing)} (run scripts/setup host)"
+
+
 def busybox_rootfs(dest: Path, busybox: str = BUSYBOX) -> Path:
     """Build a minimal rootfs in `dest` (created; must not exist or be empty) from a static busybox.
 

@@ -7,7 +7,6 @@ really called the runtime binary the harness was given (as it will call pellucid
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -18,12 +17,6 @@ import pytest
 from . import harness
 
 pytestmark = pytest.mark.clients
-
-
-def _need(*binaries: str) -> None:
-    """The README's set-up installs every client: a missing one is a set-up defect, not a skip."""
-    missing = [b for b in binaries if shutil.which(b) is None]
-    assert not missing, f"not installed: {', '.join(missing)} (run scripts/setup host)"
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +73,7 @@ def test_busybox_rootfs_layout(tmp_path: Path) -> None:
 
 def test_docker_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchanged: None) -> None:
     """docker run --rm with the registered runtime prints exactly what the container echoes."""
-    _need("dockerd", "containerd")
+    harness.need("dockerd", "containerd")
     runtime, log = wrapper
     with harness.Dockerd(runtimes={"logrunc": str(runtime)}) as dockerd:
         dockerd.import_image(tarball, "local/busybox")
@@ -94,7 +87,7 @@ def test_docker_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchang
 
 def test_docker_published_port(tarball: Path, wrapper: tuple[Path, Path], host_unchanged: None) -> None:
     """A detached busybox httpd published on 127.0.0.1:PORT answers through docker-proxy."""
-    _need("dockerd", "containerd")
+    harness.need("dockerd", "containerd")
     runtime, log = wrapper
     port = harness.free_port()
     with harness.Dockerd(runtimes={"logrunc": str(runtime)}, default_runtime="logrunc") as dockerd:
@@ -121,7 +114,7 @@ def test_docker_published_port(tarball: Path, wrapper: tuple[Path, Path], host_u
 
 def test_dockerd_cleans_up_after_a_failing_test(tarball: Path, host_unchanged: None) -> None:
     """An exception inside the block still removes the container, the daemons, mounts and bridge."""
-    _need("dockerd", "containerd")
+    harness.need("dockerd", "containerd")
     with pytest.raises(RuntimeError, match="test failed"):
         with harness.Dockerd() as dockerd:
             dockerd.import_image(tarball)
@@ -132,7 +125,7 @@ def test_dockerd_cleans_up_after_a_failing_test(tarball: Path, host_unchanged: N
 
 def test_ctr_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchanged: None) -> None:
     """ctr run --rm --runc-binary WRAPPER prints the echo; the CRI plugin loaded with our config."""
-    _need("containerd", "ctr")
+    harness.need("containerd", "ctr")
     runtime, log = wrapper
     with harness.Containerd(runtimes={"logrunc": str(runtime)}) as containerd:
         plugins = containerd.ctr("plugins", "ls", ns=None).stdout
@@ -148,7 +141,7 @@ def test_ctr_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchanged:
 
 def test_podman_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchanged: None) -> None:
     """podman run --rm with --runtime WRAPPER prints the echo, with the lowered ulimits."""
-    _need("podman", "conmon")
+    harness.need("podman", "conmon")
     runtime, log = wrapper
     with harness.Podman(runtime=str(runtime)) as podman:
         podman.import_image(tarball, "local/busybox")

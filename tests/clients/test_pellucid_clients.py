@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pty
 import select
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -32,12 +31,6 @@ SHOW_VM = "uname -r; cat /proc/sys/kernel/random/boot_id"
 TIMEOUT = 300  # a client command that boots a VM under TCG, with other VMs booting meanwhile
 
 pytestmark = pytest.mark.clients
-
-
-def _need(*binaries: str) -> None:
-    """The README's set-up installs every client: a missing one is a set-up defect, not a skip."""
-    missing = [b for b in binaries if shutil.which(b) is None]
-    assert not missing, f"not installed: {', '.join(missing)} (run scripts/setup host)"
 
 
 def host_boot_id() -> str:
@@ -171,7 +164,7 @@ def host_unchanged() -> Iterator[None]:
 def dockerd(tarball: Path, vms: VMWatch, host_unchanged: None) -> Iterator[harness.Dockerd]:
     """A private dockerd with pellucid registered as runtime `pellucid`, local/busybox imported.
     After the test: nothing of pellucid's left under its --root, then the harness's checks."""
-    _need("dockerd", "containerd")
+    harness.need("dockerd", "containerd")
     with harness.Dockerd(runtimes={"pellucid": PELLUCID}) as d:
         assert d.dir is not None
         vms.roots.append(str(d.dir))
@@ -348,7 +341,7 @@ def test_docker_default_bridge_network_starts(dockerd: harness.Dockerd) -> None:
 
 @pytest.fixture
 def containerd(tarball: Path, vms: VMWatch, host_unchanged: None) -> Iterator[harness.Containerd]:
-    _need("containerd", "ctr")
+    harness.need("containerd", "ctr")
     with harness.Containerd() as cd:
         assert cd.dir is not None
         vms.roots.append(str(cd.dir))
@@ -440,7 +433,7 @@ def vm_watch_for(cd: harness.Containerd) -> VMWatch:
 def podman(tarball: Path, vms: VMWatch, host_unchanged: None) -> Iterator[harness.Podman]:
     """A private podman with --runtime pellucid. Podman passes no --root: pellucid keeps its
     state in /run/pellucid, where every container this test made must be gone afterwards."""
-    _need("podman", "conmon")
+    harness.need("podman", "conmon")
     root = Path(PODMAN_ROOT)
     entries_before = _state_entries(root)
     mounts_before = set(harness.mounts_under(root)) if root.exists() else set()
