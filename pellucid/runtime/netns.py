@@ -41,12 +41,16 @@ def release(path: str) -> None:
         pass
 
 
-def enter(path: str) -> None:
-    """Move the calling process into the network namespace at ``path``."""
+def _open(path: str) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
         raise ContainerError(f"network namespace {path}: {err.strerror}") from None
+
+
+def enter(path: str) -> None:
+    """Move the calling process into the network namespace at ``path``."""
+    fd = _open(path)
     try:
         linux.setns(fd, linux.CLONE_NEWNET)
     finally:
@@ -55,10 +59,7 @@ def enter(path: str) -> None:
 
 def check(path: str) -> None:
     """That ``path`` is a network namespace this process can enter (before a child tries)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise ContainerError(f"network namespace {path}: {err.strerror}") from None
+    fd = _open(path)
     try:
         try:
             kind = fcntl.ioctl(fd, NS_GET_NSTYPE)

@@ -409,6 +409,26 @@ class PrivateService:
     # Cgroups (relative paths) the client creates as parents and never removes.
     cgroup_parents: tuple[str, ...] = ()
 
+    def __enter__(self) -> Any:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        log = getattr(self, "log_path", None)
+        if exc[0] is not None and self.dir is not None and log is not None:
+            sys.stderr.write(f"--- {type(self).__name__} log ({log}) ---\n{_tail(log)}\n")
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
     def __init__(self) -> None:
         self.dir: Path | None = None
         self.bridges: list[str] = []
@@ -595,19 +615,6 @@ class Containerd(PrivateService):
             {"type": "loopback"}]}
 
     # lifecycle
-    def __enter__(self) -> "Containerd":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is not None and self.dir is not None:
-            sys.stderr.write(f"--- containerd log ({self.log_path}) ---\n{_tail(self.log_path)}\n")
-        self.stop()
-
     def start(self) -> None:
         """Write the config and start containerd; return when `ctr version` answers."""
         if not shutil.which(self.binary):
@@ -761,19 +768,6 @@ class Dockerd(PrivateService):
             config["default-runtime"] = self.default_runtime
         config.update(self.extra_config)
         return config
-
-    def __enter__(self) -> "Dockerd":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is not None and self.dir is not None:
-            sys.stderr.write(f"--- dockerd log ({self.log_path}) ---\n{_tail(self.log_path)}\n")
-        self.stop()
 
     def start(self) -> None:
         """Create the bridge, start a private containerd, then dockerd; wait for /_ping."""
@@ -956,17 +950,6 @@ class Podman(PrivateService):
              "hairpinMode": True,
              "ipam": {"type": "host-local", "dataDir": str(self.dir / "cni-ipam"),
                       "ranges": [[{"subnet": self.subnet}]]}}]}
-
-    def __enter__(self) -> "Podman":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Write containers.conf, storage.conf, registries.conf and the CNI network; make the bridge."""
