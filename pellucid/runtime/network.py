@@ -88,6 +88,8 @@ def connect(netns: str, mode: str = "tcfilter") -> dict[str, Any]:
     nics: list[dict[str, Any]] = []
     try:
         with in_netns(netns):
+            if all(name == "lo" or name.startswith(OURS) for _, name in socket.if_nameindex()):
+                return {"nics": [], "routes": []}  # loopback only: no need for netlink (nor its import)
             ipr = _ipr()
             try:
                 links = [link for link in ipr.get_links()
