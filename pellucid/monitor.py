@@ -33,7 +33,7 @@ from .vm.spec import make_spec
 SOCKET = "monitor.sock"
 MAX_CLIENT_BUFFER = 16 << 20
 # Requests the monitor answers itself; the rest go to the agent.
-LOCAL_OPS = ("vm_info", "shutdown", "subscribe")
+LOCAL_OPS = ("shutdown",)
 CREATING_OPS = ("create_container", "exec_process")
 DOCKER_DNS = ("127.0.0.11", 53)
 DNS_MAX = 4096
@@ -45,7 +45,6 @@ class Conn:
         self.reader = protocol.FrameReader()
         self.out = bytearray()
         self.processes: set[int] = set()
-        self.subscribed = False
 
 
 class Monitor:
@@ -58,7 +57,6 @@ class Monitor:
         self.pending: dict[int, tuple[Conn | None, int, str]] = {}  # agent id -> (conn, client id, op)
         self.dns: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> (socket, query id, sent at)
         self.owners: dict[int, Conn] = {}  # process number -> connection that created it
-        self.exits: dict[int, int] = {}
         self.next_id = 1
         self.vm: VM | None = None
         self.info: dict[str, Any] = {}
@@ -213,12 +211,7 @@ class Monitor:
         return agent_id
 
     def _local(self, conn: Conn, id: int, op: str) -> None:
-        if op == "vm_info":
-            self._send(conn, protocol.response_ok(id, self.info))
-        elif op == "subscribe":
-            conn.subscribed = True
-            self._send(conn, protocol.response_ok(id, {"exits": {str(k): v for k, v in self.exits.items()}}))
-        elif op == "shutdown":
+        if op == "shutdown":
             self.running = False
             self._send(conn, protocol.response_ok(id))
             self._flush(conn)
@@ -288,17 +281,9 @@ class Monitor:
                 self._dns_query(event)
                 return
             number = event.get("process")
-            if event.get("event") == "exit" and isinstance(number, int) and isinstance(event.get("status"), int):
-                self.exits[number] = event["status"]
-                del_keys = sorted(self.exits)[:-1000]
-                for k in del_keys:
-                    del self.exits[k]
-            targets = {id(c): c for c in self.conns.values() if c.subscribed}
             owner = self.owners.get(number) if isinstance(number, int) else None
             if owner is not None:
-                targets[id(owner)] = owner
-            for conn in targets.values():
-                self._send(conn, protocol.encode(protocol.EVENT, 0, frame.payload))
+                self._send(owner, protocol.encode(protocol.EVENT, 0, frame.payload))
 
     # Docker's embedded DNS, asked in the container's namespace on the guest's behalf.
 

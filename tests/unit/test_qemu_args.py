@@ -99,3 +99,18 @@ def test_nics_are_virtio_net_on_taps_with_the_interfaces_mac():
     assert "virtio-net-pci,netdev=net0,mac=02:42:a9:fe:4d:02,host_mtu=1450" in pairs(argv, "-device")
     assert "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01,host_mtu=1500" in pairs(
         build_argv(spec(machine="microvm", nics=(Nic(mac="02:00:00:00:00:01", tap="t"),))), "-device")
+
+
+def test_microvm_under_tcg_is_told_the_tsc_frequency(monkeypatch):
+    """microvm has no HPET or PM timer: without a given TSC frequency the guest hangs when its PIT
+    calibration fails on a busy host."""
+    from pellucid import config
+    from pellucid.vm import spec as spec_mod
+    from pellucid.vm.assets import Assets
+    assets = Assets("/k", "/i", 1 << 20, "6.1", "k", "i")
+    monkeypatch.setattr(spec_mod, "host_tsc_khz", lambda: 2445404)
+    micro = spec_mod.make_spec(config.parse('[hypervisor]\nmachine = "microvm"\n'), assets, "tcg")
+    assert "tsc_early_khz=2445404" in kernel_cmdline(micro)
+    for machine, accel in (("q35", "tcg"), ("microvm", "kvm")):
+        other = spec_mod.make_spec(config.parse(f'[hypervisor]\nmachine = "{machine}"\n'), assets, accel)
+        assert "tsc_early_khz" not in kernel_cmdline(other)
