@@ -203,7 +203,7 @@ class Store:
     def remove(self, id: str) -> None:
         """Remove the container's directory and all in it; nothing to remove is no error."""
         path = self.dir(id)
-        busy = _mounts_under(path)
+        busy = mounts_under(path)
         if busy:  # never delete through a mount: it may be a container's rootfs on the host
             raise ContainerError(f"cannot remove {path}: {busy[0]} is still mounted")
         try:
@@ -377,11 +377,14 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _mounts_under(path: str) -> list[str]:
-    prefix = path.rstrip("/") + "/"
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest first (mountinfo escapes blanks as octal)."""
+    path = path.rstrip("/")
+    prefix = path + "/"
     with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if p == path or p.startswith(prefix)]
+        points = {line.split()[4].encode().decode("unicode_escape") for line in f}
+    return sorted((p for p in points if p == path or p.startswith(prefix)), key=lambda p: p.count("/"),
+                  reverse=True)
 
 
 def _rmtree(path: str) -> None:
@@ -442,7 +445,7 @@ def proc_start_time(pid: int) -> int | None:
     return None if info is None else info[1]
 
 
-def _alive(pid: int, start: int) -> bool:
+def alive(pid: int, start: int = 0) -> bool:
     """Process ``pid`` exists, is no zombie and, if ``start`` is known (non-zero), started then."""
     info = _proc_stat(pid)
     return info is not None and info[0] not in ("Z", "X", "x") and (not start or info[1] == start)
@@ -451,11 +454,11 @@ def _alive(pid: int, start: int) -> bool:
 def status(state: ContainerState) -> Status:
     """The container's status, from the processes alive now rather than from the file alone."""
     if state.creator_pid:
-        if _alive(state.creator_pid, state.creator_start):
+        if alive(state.creator_pid, state.creator_start):
             return Status.CREATING
         if not state.pid:
             return Status.STOPPED  # create was killed before it had a process to show
-    if state.pid > 0 and _alive(state.pid, state.pid_start):
+    if state.pid > 0 and alive(state.pid, state.pid_start):
         if state.paused:
             return Status.PAUSED
         return Status.RUNNING if state.started else Status.CREATED

@@ -7,6 +7,7 @@ import shutil
 
 from .. import linux
 from ..errors import ContainerError
+from ..state import mounts_under
 from .guest_config import Bind
 
 
@@ -29,18 +30,6 @@ def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
             raise ContainerError(f"cannot share {source} with the VM: {err.strerror or err}") from None
 
 
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path``, deepest first."""
-    prefix = path.rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == path.rstrip("/") or point.startswith(prefix):
-                found.append(point)
-    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
-
-
 def unmount_all(path: str) -> None:
     """Detach every mount at or below ``path`` (idempotent)."""
     for point in mounts_under(path):
@@ -53,6 +42,7 @@ def unmount_all(path: str) -> None:
 def remove_tree(path: str) -> None:
     """Unmount everything below ``path``, then remove it, never through a mount that stayed."""
     unmount_all(path)
-    if mounts_under(path):
-        raise ContainerError(f"cannot remove {path}: {mounts_under(path)[0]} is still mounted")
+    busy = mounts_under(path)
+    if busy:
+        raise ContainerError(f"cannot remove {path}: {busy[0]} is still mounted")
     shutil.rmtree(path, ignore_errors=True)

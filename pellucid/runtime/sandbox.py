@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -18,7 +17,9 @@ from typing import Any
 
 from .. import sockets
 from ..errors import VMError
+from ..state import alive
 from ..vm.agent_client import AgentClient
+from .ready import read_line
 
 SHARE_TAG = "sandbox"
 MONITOR_SOCKET = "monitor.sock"
@@ -43,7 +44,10 @@ def launch(vm_dir: str, desc: dict[str, Any], timeout: float) -> dict[str, Any]:
     finally:
         os.close(ready_w)
     try:
-        line = _read_line(ready_r, timeout)
+        line = read_line(ready_r, timeout)
+    except TimeoutError:
+        stop(vm_dir)
+        raise VMError(f"the VM did not come up within {timeout:g}s" + _log_tail(vm_dir)) from None
     finally:
         os.close(ready_r)
     try:
@@ -54,20 +58,6 @@ def launch(vm_dir: str, desc: dict[str, Any], timeout: float) -> dict[str, Any]:
         stop(vm_dir)
         raise VMError(str(report.get("error")) + _log_tail(vm_dir))
     return report["info"]
-
-
-def _read_line(fd: int, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise VMError(f"the VM did not come up within {timeout:g}s")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        buf += chunk
-    return buf
 
 
 def _log_tail(vm_dir: str) -> str:
@@ -97,20 +87,6 @@ def monitor_pid(vm_dir: str) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def stop(vm_dir: str, timeout: float = 10.0) -> None:
     """Shut the VM down: ask the monitor, then kill it (QEMU dies with it). Idempotent."""
     pid = monitor_pid(vm_dir)
@@ -124,9 +100,9 @@ def stop(vm_dir: str, timeout: float = 10.0) -> None:
         except Exception:
             pass
     deadline = time.monotonic() + timeout
-    while pid and _alive(pid) and time.monotonic() < deadline:
+    while pid and alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if pid and _alive(pid):
+    if pid and alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 from ..errors import ContainerError
 from . import netns as netns_mod
+from .ready import read_line
 
 
 class ShimHandle:
@@ -66,21 +65,13 @@ class ShimHandle:
         return report
 
     def _read_ready(self, timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
-        buf = b""
         try:
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self._ready_r], [], [], left)[0]:
-                    raise ContainerError(f"the process was not started within {timeout:g}s")
-                chunk = os.read(self._ready_r, 65536)
-                if not chunk:
-                    break
-                buf += chunk
+            return read_line(self._ready_r, timeout)
+        except TimeoutError:
+            raise ContainerError(f"the process was not started within {timeout:g}s") from None
         finally:
             os.close(self._ready_r)
             self._ready_r = -1
-        return buf
 
     def abort(self) -> None:
         """Stop a shim whose container could not be set up."""
