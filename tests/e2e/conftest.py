@@ -31,7 +31,11 @@ def qemu_pids(under: Path | str = "") -> set[int]:
 def config_file(tmp_path_factory) -> Path:
     """The default configuration, but with boot timeouts that survive many VMs booting at once under TCG."""
     path = tmp_path_factory.mktemp("config") / "pellucid.toml"
-    path.write_text("[hypervisor]\nboot_timeout = 240\n")
+    text = "[hypervisor]\nboot_timeout = 240\n"
+    assets = os.environ.get("PELLUCID_TEST_ASSETS_DIR")  # a checkout whose guest code differs builds its own
+    if assets:
+        text += f'[assets]\ndir = "{assets}"\n'
+    path.write_text(text)
     return path
 
 
