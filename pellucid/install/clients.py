@@ -17,6 +17,7 @@ NAMES = ("docker", "containerd", "crio", "podman")
 class Status:
     client: str
     found: str  # the executable or config file that shows the client is here, "" if none
+    config: str  # where the runtime was looked for
     configured: bool
     default: bool
 
@@ -60,4 +61,15 @@ def status(name: str) -> Status:
     found = next((p for p in map(shutil.which, mod.EXECUTABLES) if p), "")
     found = found or next((p for p in mod.DETECT_FILES if os.path.exists(p)), "")
     configured, default = mod.status()
-    return Status(name, found, configured, default)
+    return Status(name, found, mod.STATUS_FROM, configured, default)
+
+
+def present() -> list[Status]:
+    """The status of every client found on this host."""
+    return [s for s in map(status, NAMES) if s.found]
+
+
+def describe(s: Status) -> str:
+    if not s.configured:
+        return f"{s.found} found; no pellucid runtime in {s.config} (`pellucid install {s.client}`)"
+    return f"{s.found} found; pellucid runtime in {s.config}" + (", the default" if s.default else "")

@@ -15,11 +15,14 @@ import subprocess
 import tomllib
 
 from . import RUNTIME_NAME, InstallError
+from .files import end_with_one_newline
 
 DEFAULT_PATH = "/etc/containerd/config.toml"
 EXECUTABLES = ("containerd",)
 #: files whose presence shows the client is set up here
 DETECT_FILES = (DEFAULT_PATH,)
+#: where `pellucid check` looks for the runtime
+STATUS_FROM = DEFAULT_PATH
 RUNTIME_TYPE = "io.containerd.runc.v2"
 #: the plugin holding CRI runtimes, by config version
 CRI_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
@@ -133,7 +136,7 @@ def uninstall(text: str | None, path: str = DEFAULT_PATH) -> str | None:
         del runtimes[RUNTIME_NAME]
     if cri.get("default_runtime_name") == RUNTIME_NAME:
         del cri["default_runtime_name"]
-    out = tomlkit.dumps(doc)
+    out = end_with_one_newline(tomlkit.dumps(doc))
     # a file install created holds nothing else: no file means the same to containerd
     return None if tomllib.loads(out) == {"version": version} and not out.replace(f"version = {version}", "").strip() else out
 

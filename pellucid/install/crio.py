@@ -14,12 +14,15 @@ import os
 import tomllib
 
 from . import RUNTIME_NAME, InstallError
+from .files import end_with_one_newline
 
 DEFAULT_PATH = "/etc/crio/crio.conf.d/50-pellucid.conf"
 MAIN_CONFIG = "/etc/crio/crio.conf"
 EXECUTABLES = ("crio",)
 #: files whose presence shows the client is set up here
 DETECT_FILES = (MAIN_CONFIG, DEFAULT_PATH)
+#: where `pellucid check` looks for the runtime
+STATUS_FROM = "/etc/crio/crio.conf and crio.conf.d/"
 RUNTIME_ROOT = "/run/pellucid"
 MONITOR_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 HEADER = "# Written by `pellucid install crio`; `pellucid uninstall crio` removes it.\n"
@@ -81,7 +84,7 @@ def uninstall(text: str | None, path: str = DEFAULT_PATH) -> str | None:
     _drop_if_blank(runtime, "runtimes")
     _drop_if_blank(doc.get("crio", {}), "runtime")
     _drop_if_blank(doc, "crio")
-    out = tomlkit.dumps(doc)
+    out = end_with_one_newline(tomlkit.dumps(doc))
     return None if out.replace(HEADER, "").strip() == "" else out
 
 

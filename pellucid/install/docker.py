@@ -16,6 +16,8 @@ PID_FILE = "/var/run/docker.pid"
 EXECUTABLES = ("dockerd", "docker")
 #: files whose presence shows the client is set up here
 DETECT_FILES = (DEFAULT_PATH,)
+#: where `pellucid check` looks for the runtime
+STATUS_FROM = DEFAULT_PATH
 
 
 def _load(text: str | None, path: str) -> dict:

@@ -37,6 +37,12 @@ def read(path: str) -> str | None:
         raise InstallError(f"cannot read {path}: {err}") from None
 
 
+def end_with_one_newline(text: str) -> str:
+    """Without the blank lines at the end of the file (a TOML library leaves there the blank line
+    it put before a table it appended, once that table is removed again)."""
+    return text.rstrip("\n \t") + "\n" if text.strip() else ""
+
+
 def unified_diff(path: str, old: str | None, new: str | None) -> str:
     return "".join(difflib.unified_diff(
         (old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),

@@ -13,6 +13,7 @@ import os
 import tomllib
 
 from . import RUNTIME_NAME, InstallError
+from .files import end_with_one_newline
 
 DEFAULT_PATH = "/etc/containers/containers.conf"
 VENDOR_PATH = "/usr/share/containers/containers.conf"
@@ -20,6 +21,8 @@ DROP_IN_DIR = "/etc/containers/containers.conf.d"
 EXECUTABLES = ("podman",)
 #: files whose presence shows the client is set up here
 DETECT_FILES = (DEFAULT_PATH,)
+#: where `pellucid check` looks for the runtime
+STATUS_FROM = "containers.conf (/usr/share, /etc and containers.conf.d)"
 
 
 def _parse(text: str, path: str):
@@ -65,7 +68,7 @@ def uninstall(text: str | None, path: str = DEFAULT_PATH) -> str | None:
     for parent, key in ((engine, "runtimes"), (doc, "engine")):
         if key in parent and not parent[key].as_string().strip():
             del parent[key]  # a table install added, now empty
-    return tomlkit.dumps(doc)
+    return end_with_one_newline(tomlkit.dumps(doc))
 
 
 def config_files() -> list[str]:
