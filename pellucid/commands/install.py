@@ -31,6 +31,7 @@ def _report(outcome: Outcome, dry_run: bool, client: str) -> None:
 def install(args: Args) -> int:
     from .. import config
     from ..install import clients, containerd, docker, files, runtimeclass
+    _check_reload(args)
     outcome = clients.install(args.client, args.target_config, args.runtime_path, args.default, args.dry_run)
     _report(outcome, args.dry_run, args.client)
     if args.client == "containerd":
@@ -50,6 +51,7 @@ def install(args: Args) -> int:
 
 def uninstall(args: Args) -> int:
     from ..install import clients, docker
+    _check_reload(args)
     outcome = clients.uninstall(args.client, args.target_config, args.dry_run)
     _report(outcome, args.dry_run, args.client)
     if args.reload and not args.dry_run:
@@ -57,9 +59,13 @@ def uninstall(args: Args) -> int:
     return 0
 
 
-def _reload(client: str, docker) -> None:
+def _check_reload(args: Args) -> None:
+    """Refused before any file is touched."""
     from ..install import InstallError
-    if client != "docker":
-        raise InstallError(f"--reload is for docker only: {AFTER[client]}")
+    if args.reload and args.client != "docker":
+        raise InstallError(f"--reload is for docker only; for {args.client}: {AFTER.get(args.client, '')}")
+
+
+def _reload(client: str, docker) -> None:
     pids = docker.reload()
     print(f"dockerd (pid {', '.join(map(str, pids))}) told to reload (SIGHUP)" if pids else "no dockerd running")

@@ -394,6 +394,12 @@ def test_cli_install_prints_the_runtimeclass_and_is_idempotent(tmp_path, capsys)
     assert "nothing changed" in capsys.readouterr().out
 
 
+def test_cli_reload_for_another_engine_is_refused_before_any_change(tmp_path):
+    path = tmp_path / "containers.conf"
+    assert cli.main(["install", "podman", "--config", str(path), "--runtime-path", EXE, "--reload"]) == 1
+    assert not path.exists()
+
+
 def test_runtimeclass_overhead_counts_base_vm_and_host_side():
     cfg = Config(hypervisor=HypervisorConfig(vcpus=2, memory_mib=512))
     assert runtimeclass.overhead(cfg, tcg=False) == (500, 512 + runtimeclass.HOST_MIB)
