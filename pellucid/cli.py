@@ -39,6 +39,10 @@ _CREATE = {"--bundle": ("bundle", VALUE, "."), "-b": ("bundle", VALUE, "."), "--
            "--no-new-keyring": ("no_new_keyring", BOOL, False), "--preserve-fds": ("preserve_fds", VALUE, "0")}
 _FORMAT = {"--format": ("format", VALUE, "table"), "-f": ("format", VALUE, "table")}
 _JSON = {"--json": ("json", BOOL, False)}
+# `--config` after install/uninstall is the engine's config file; before the command, pellucid's own.
+_UNINSTALL = {"--config": ("target_config", VALUE, ""), "--dry-run": ("dry_run", BOOL, False),
+              "--reload": ("reload", BOOL, False)}
+_INSTALL = {**_UNINSTALL, "--default": ("default", BOOL, False), "--runtime-path": ("runtime_path", VALUE, "")}
 
 # command -> (module in pellucid.commands, function, positionals, flags, takes the rest as argv, help)
 COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
@@ -81,6 +85,10 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
     "env": ("info", "env", (), _JSON, False, "print the configuration in effect and the guest assets"),
     "assets": ("info", "assets", ("action",), {}, False, "build the guest kernel and root image: `assets build`"),
     "version": ("info", "version", (), {}, False, "print the version"),
+    "install": ("install", "install", ("client",), _INSTALL, False,
+                "make docker, containerd, crio or podman able to run pellucid (--default: as their default)"),
+    "uninstall": ("install", "uninstall", ("client",), _UNINSTALL, False,
+                  "take out of docker, containerd, crio or podman what `install` put in"),
 }
 
 

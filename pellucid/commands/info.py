@@ -26,9 +26,13 @@ def check(args: Args) -> int:
     from ..check import check as run_check
     cfg = config.load(args.config)
     report = run_check(cfg, os.path.join(args.root, ".vm"), refresh=not args.cached)
+    from ..install import clients  # which container engines here are set up to run pellucid
+    engines = clients.present()
     if args.json:
-        print(json.dumps(report.as_json(), indent=2))
+        print(json.dumps({**report.as_json(), "clients": [vars(e) for e in engines]}, indent=2))
     else:
+        for engine in engines:
+            print(f"INFO[{engine.client}] {clients.describe(engine)}")
         for item in report.items:
             level = "INFO" if item.ok else ("ERROR" if item.required else "WARN")
             print(f"{level}[{item.name}] {item.detail}")
