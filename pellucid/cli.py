@@ -81,6 +81,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
     "env": ("info", "env", (), _JSON, False, "print the configuration in effect and the guest assets"),
     "assets": ("info", "assets", ("action",), {}, False, "build the guest kernel and root image: `assets build`"),
     "version": ("info", "version", (), {}, False, "print the version"),
+    "ksm": ("ksm", "ksm", (), {**_JSON, "--once": ("once", BOOL, False), "--restore": ("restore", BOOL, False),
+                               "--interval": ("interval", VALUE, "5")}, False,
+            "throttle the host's KSM for pellucid's VMs (a daemon; see contrib/systemd)"),
 }
 
 
