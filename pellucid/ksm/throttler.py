@@ -102,27 +102,28 @@ class Throttler:
         before = self.state
         self.state = policy.step(before, obs)
         level = self.state.level
-        written: list[tuple[str, str]] = []
-        if level != before.level or (level != Level.HOST and self.host is None):
-            if level != Level.HOST and self.host is None:
-                self.host = self.ksm.snapshot(policy.KEYS)
-                self._save()  # the host's values are on disk before anything changes
-            try:
-                written = self._apply(level)
-            except KsmError:
-                self.state = before  # tried again at the next tick
-                self._save()
-                raise
-            started = len(obs.vms - before.vms)
-            why = f"{started} VM(s) started" if started else (
-                "no pellucid VM left" if not obs.vms else "pages_sharing stopped growing")
-            self.say(f"ksm: {level.name.lower()} ({why}; {len(obs.vms)} VM(s), pages_sharing={obs.pages_sharing})"
-                     f": {_fmt(dict(written)) or 'nothing to write'}")
+        if level != Level.HOST and self.host is None:  # a first change: the host's values go on disk first
+            self.host = self.ksm.snapshot(policy.KEYS)
+            self._save()
+        elif level == before.level or self.host is None:  # nothing to change, or nothing of ours to undo
+            self._save()
+            return []
+        try:
+            written = self._apply(level)
+        except KsmError:
+            self.state = before  # tried again at the next tick
+            self._save()
+            raise
         self._save()
+        started = len(obs.vms - before.vms)
+        why = f"{started} VM(s) started" if started else (
+            "no pellucid VM left" if not obs.vms else "pages_sharing stopped growing")
+        self.say(f"ksm: {level.name.lower()} ({why}; {len(obs.vms)} VM(s), pages_sharing={obs.pages_sharing})"
+                 f": {_fmt(dict(written))}")
         return written
 
     def _apply(self, level: Level) -> list[tuple[str, str]]:
-        assert self.host is not None
+        assert self.host is not None, "the host's values are recorded before any change"
         values = policy.settings(level, self.mechanism, self.host, anon_pages(self.proc))
         errors = self.ksm.apply(values)
         if level == Level.HOST and not errors:
