@@ -92,7 +92,12 @@ def test_two_vms_share_merged_pages_and_the_host_settings_come_back(tmp_path, co
             print(f"\nKSM under TCG: {shared} pages merged between the two VMs after {elapsed:.0f} s; "
                   f"pages_sharing {before} -> {sharing}, pages_shared {ksm.read_int('pages_shared')}")
             assert daemon.poll() is None, daemon.communicate()[1]
-            assert shared >= 256 and sharing > before
+            assert shared >= 256
+            # Each VM has pages merged, and the kernel's count shows them. (pages_sharing read before
+            # may still count the pages of processes gone since: ksmd drops them lazily.)
+            for vm in (a, b):
+                assert int(open(f"/proc/{vm.proc.pid}/ksm_merging_pages").read()) >= shared
+            assert sharing >= shared
 
             # Stopped with SIGTERM, as systemd stops it: the host's settings are back.
             daemon.send_signal(signal.SIGTERM)
