@@ -5,6 +5,7 @@ happens."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -104,7 +105,9 @@ def test_two_vms_share_merged_pages_and_the_host_settings_come_back(tmp_path, co
             _, err = daemon.communicate(timeout=30)
             assert daemon.returncode == 0, err
             assert ("using the kernel's KSM advisor" if ksm.has_advisor() else "set by pellucid") in err
-            assert "ksm: aggressive (2 VM(s) started" in err and "restored the host's settings" in err
+            # (other work on this host may run pellucid VMs too: they count as well)
+            assert re.search(r"ksm: aggressive \(\d+ VM\(s\) started", err), err
+            assert "restored the host's settings" in err
             assert ksm.snapshot(policy.KEYS) == host
     finally:
         if daemon is not None and daemon.poll() is None:
