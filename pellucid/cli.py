@@ -89,6 +89,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
                 "make docker, containerd, crio or podman able to run pellucid (--default: as their default)"),
     "uninstall": ("install", "uninstall", ("client",), _UNINSTALL, False,
                   "take out of docker, containerd, crio or podman what `install` put in"),
+    "ksm": ("ksm", "ksm", (), {**_JSON, "--once": ("once", BOOL, False), "--restore": ("restore", BOOL, False),
+                               "--interval": ("interval", VALUE, "5")}, False,
+            "throttle the host's KSM for pellucid's VMs (a daemon; see contrib/systemd)"),
 }
 
 
