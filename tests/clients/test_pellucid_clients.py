@@ -358,7 +358,7 @@ IMAGE = "docker.io/local/busybox:latest"
 def ctr_fail_message(cd: harness.Containerd, out: subprocess.CompletedProcess[str] | harness.CommandError) -> str:
     assert cd.dir is not None
     return f"{out}\n" + evidence(Path(cd.runc_root), cd.dir / "state") + \
-        f"\n--- containerd log:\n{harness._tail(cd.log_path)}"
+        f"\n--- containerd log:\n{harness.tail(cd.log_path)}"
 
 
 def test_ctr_run_in_a_vm(containerd: harness.Containerd) -> None:
