@@ -32,13 +32,14 @@ MAX_FILE = 8 << 20
 MAX_NAME = 120
 SHARE = ("vm", "shared")  # <vm dir>/shared: the host side of the guest's 9p share
 
-_KEPT = pytest.StashKey[list[tuple[str, Path]]]()
+_KEPT = pytest.StashKey[list[Path]]()
 
 
-def keep_on_failure(node: pytest.Item | pytest.Collector, name: str, path: Path | str) -> None:
-    """If a test at or below ``node`` fails, copy ``path`` (a file or a directory, whatever it holds
-    then) into the test's evidence directory as ``name``. A fixture passes ``request.node``."""
-    node.stash.setdefault(_KEPT, []).append((name, Path(path)))
+def keep_on_failure(node: pytest.Item | pytest.Collector, *paths: Path | str) -> None:
+    """If a test at or below ``node`` fails, copy each path (a file or a directory, whatever it
+    holds then) into the test's evidence directory, under its own name. A fixture passes
+    ``request.node``; a module-scoped one thereby covers every test of its module."""
+    node.stash.setdefault(_KEPT, []).extend(Path(p) for p in paths)
 
 
 def evidence_dir(nodeid: str) -> Path:
@@ -63,15 +64,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     report.sections.append(("evidence", f"kept in {dest}\n" + "".join(f"  {n}\n" for n in notes)))
 
 
-def save(kept: list[tuple[str, Path]], dest: Path) -> list[str]:
-    """Copy each (name, path) into ``dest`` (emptied first); returns one line per name or problem."""
+def save(kept: list[Path], dest: Path) -> list[str]:
+    """Copy each path into ``dest`` (emptied first) under its name, made unique; returns one line
+    per path copied and per problem met."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     notes: list[str] = []
     used: set[str] = set()
-    for name, path in kept:
+    for path in dict.fromkeys(kept):
+        name, n = path.name, 1
         while name in used:
-            name += "+"
+            n += 1
+            name = f"{path.name}-{n}"
         used.add(name)
         try:
             st = os.lstat(path)

@@ -52,7 +52,7 @@ def busybox_template(tmp_path_factory) -> Path:
 def root(tmp_path, request) -> Path:
     """The runtime's --root for this test; after it, no container, mount or QEMU may remain."""
     path = tmp_path / "root"
-    keep_on_failure(request.node, "root", path)
+    keep_on_failure(request.node, path)
     yield path
     leftovers = [p for p in (path.iterdir() if path.exists() else []) if not p.name.startswith(".")]
     mounts = harness.mounts_under(tmp_path)
@@ -108,7 +108,7 @@ class Runtime:
 @pytest.fixture
 def runtime(root, config_file, tmp_path, request) -> Runtime:
     rt = Runtime(root, config_file, tmp_path / "runtime.log")
-    keep_on_failure(request.node, "runtime.log", rt.log)
+    keep_on_failure(request.node, rt.log)
     yield rt
     rt.cleanup()
 

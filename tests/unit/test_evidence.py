@@ -23,7 +23,7 @@ def test_a_state_directory_is_copied_without_sockets_fifos_links_or_the_share(tm
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(vm / "monitor.sock"))
         (vm / "link").symlink_to("/etc/hostname")
-        notes = evidence.save([("root", root), ("runtime.log", tmp_path / "runtime.log")], tmp_path / "out")
+        notes = evidence.save([root, tmp_path / "runtime.log"], tmp_path / "out")
     copy = tmp_path / "out" / "root" / "c1"
     assert (copy / "state.json").read_text() == '{"id": "c1"}'
     assert (copy / "vm" / "console.log").read_text() == "Linux version 6.6\n"
@@ -36,13 +36,14 @@ def test_a_state_directory_is_copied_without_sockets_fifos_links_or_the_share(tm
 def test_a_large_file_keeps_its_tail(tmp_path, monkeypatch):
     monkeypatch.setattr(evidence, "MAX_FILE", 10)
     (tmp_path / "log").write_text("0123456789abcdefghij")
-    evidence.save([("log", tmp_path / "log")], tmp_path / "out")
+    evidence.save([tmp_path / "log"], tmp_path / "out")
     assert (tmp_path / "out" / "log").read_text() == "abcdefghij"
 
 
 def test_the_directory_name_is_safe_and_stays_unique_when_shortened(monkeypatch, tmp_path):
     monkeypatch.setenv(evidence.ENV, str(tmp_path))
-    assert evidence.evidence_dir("tests/e2e/test_vm.py::test_x[a/b-..]") == tmp_path / "tests_e2e_test_vm.py_test_x_a_b-"
+    named = evidence.evidence_dir("tests/e2e/test_vm.py::test_x[a/b-..]")
+    assert named == tmp_path / "tests_e2e_test_vm.py_test_x_a_b-"
     assert evidence.evidence_dir("..") == tmp_path / "test"
     long_a, long_b = (evidence.evidence_dir("t.py::test_" + "x" * 200 + end) for end in "ab")
     assert long_a != long_b and len(long_a.name) < 140
@@ -59,7 +60,7 @@ def test_a_failing_test_reports_where_its_evidence_is(tmp_path):
         def log(request, tmp_path):
             path = tmp_path / "daemon.log"
             path.write_text("the daemon said why")
-            keep_on_failure(request.node, "daemon.log", path)
+            keep_on_failure(request.node, path)
             yield path
             path.unlink()
 

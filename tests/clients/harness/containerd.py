@@ -59,6 +59,9 @@ class Containerd(PrivateService):
         assert self.dir is not None
         return self.dir / "containerd.log"
 
+    def logs(self) -> list[Path]:
+        return [self.log_path]
+
     @property
     def runc_root(self) -> str:
         """The runtime's --root for containers run through us (not /run/containerd/runc)."""

@@ -183,6 +183,9 @@ class Dockerd(PrivateService):
             finally:
                 self._final_cleanup()
 
+    def logs(self) -> list[Path]:
+        return [self.log_path, *(self.containerd.logs() if self.containerd is not None else [])]
+
     def leftovers(self) -> list[str]:
         out = super().leftovers()
         if self.containerd is not None:

@@ -106,6 +106,11 @@ class Podman(PrivateService):
         finally:
             self._final_cleanup()
 
+    def logs(self) -> list[Path]:
+        """Podman has no daemon: its events log is what it wrote."""
+        assert self.dir is not None
+        return [self.dir / "events.log"]
+
     def env(self) -> dict[str, str]:
         assert self.dir is not None
         return {**os.environ,

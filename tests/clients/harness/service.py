@@ -103,6 +103,10 @@ class PrivateService:
                 unmount_all_under(self.dir)
                 time.sleep(0.2)
 
+    def logs(self) -> list[Path]:
+        """The logs that explain this client's failures (a test keeps them): none by default."""
+        return []
+
     def leftovers(self) -> list[str]:
         """What of ours is still on the host: processes, mounts, the dir, bridges, cgroups."""
         if self.dir is None:
