@@ -60,7 +60,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     if not kept:
         return
     dest = evidence_dir(item.nodeid)
-    notes = save(kept, dest)
+    try:
+        notes = save(kept, dest)
+    except OSError as e:  # the test's own failure is what the report is about
+        report.sections.append(("evidence", f"not kept in {dest}: {e}"))
+        return
     report.sections.append(("evidence", f"kept in {dest}\n" + "".join(f"  {n}\n" for n in notes)))
 
 
@@ -82,11 +86,15 @@ def save(kept: list[Path], dest: Path) -> list[str]:
         except OSError:
             notes.append(f"{name}: {path} is gone")
             continue
-        notes.append(f"{name}: {path}")
-        if stat.S_ISDIR(st.st_mode):
-            mounts = set(mounts_under(os.path.realpath(path)))
+        real = os.path.realpath(path)
+        mounts = set(mounts_under(real))
+        if real in mounts:
+            notes.append(f"{name}: {path} is a mount point, not entered")
+        elif stat.S_ISDIR(st.st_mode):
+            notes.append(f"{name}: {path}")
             _copy_dir(path, dest / name, mounts, notes)
         else:
+            notes.append(f"{name}: {path}")
             _copy_entry(path, dest / name, st, notes)
     return notes
 
