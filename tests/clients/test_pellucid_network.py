@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 
+from tests.evidence import keep_on_failure
+
 from . import harness
 
 pytestmark = pytest.mark.clients
@@ -19,8 +21,11 @@ PELLUCID = "/usr/local/bin/pellucid"
 
 
 @pytest.fixture(scope="module")
-def dockerd(tmp_path_factory):
+def dockerd(tmp_path_factory, request):
+    """A private dockerd for the module; a failed test keeps its logs, its exec-root (pellucid's
+    --root and VMs) and its containerd's state."""
     with harness.Dockerd(runtimes={"pellucid": PELLUCID}) as d:
+        keep_on_failure(request.node, *d.logs(), d.dir / "x", d.containerd.dir / "state")
         d.import_image(harness.busybox_tarball(tmp_path_factory.mktemp("image")), "local/busybox")
         yield d
 

@@ -7,8 +7,7 @@ import pytest
 
 from pellucid.errors import BundleError
 from pellucid.runtime.guest_config import net_sysctls, translate
-
-CLIENTS = Path(__file__).resolve().parents[3] / "shared" / "clients"
+from tests.fixtures import CLIENTS
 
 
 def docker_config():

@@ -7,8 +7,8 @@ import pytest
 
 from pellucid.errors import BundleError, ConfigError, InvalidId
 from pellucid.oci import bundle
+from tests.fixtures import CLIENTS
 
-CLIENTS = Path(__file__).resolve().parents[3] / "shared" / "clients"
 CONFIGS = sorted(CLIENTS.glob("*/*-config.json"))
 PROCESSES = sorted(CLIENTS.glob("*/*-process.json"))
 
