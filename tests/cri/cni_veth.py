@@ -228,7 +228,7 @@ def main() -> int:
         status = 1
     if result is not None:
         sys.stdout.write(json.dumps(result))
-    if conf.get("dataDir"):
+    if isinstance(conf.get("dataDir"), str) and os.path.isdir(conf["dataDir"]):
         with open(Path(conf["dataDir"]) / "plugin.log", "a") as log:
             log.write(f"{command} type={conf.get('type')} container={env.get('CNI_CONTAINERID', '')} "
                       f"netns={env.get('CNI_NETNS', '')} exit={status} "

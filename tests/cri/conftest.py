@@ -36,13 +36,6 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "(opt-in: PELLUCID_CRI_TESTS=1)")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(item.path).parents:
-            item.add_marker(pytest.mark.cri)
-
-
 @pytest.fixture(scope="session")
 def cri_image_archives(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The pause and busybox OCI archives, built once per session."""

@@ -12,11 +12,15 @@ import ipaddress
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.cri.conftest import VM_HANDLERS
 from tests.cri.containerd import CriContainerd
 from tests.cri.images import BUSYBOX_REF, PAUSE_REF, busybox_archive, pause_archive
 from tests.cri.kubelet import Kubelet, Pod
 from tests.cri.client import pb
+
+pytestmark = pytest.mark.cri
 
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 HTTP_PORT = 8080
