@@ -220,7 +220,7 @@ class Kubelet:
         uid = str(uuid.uuid4())
         pod_dir = self.root / "pods" / uid
         pod_dir.mkdir(parents=True)
-        (pod_dir / "etc-hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n")
+        (pod_dir / "etc-hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n")
         log_dir = self.root / "logs" / f"{self.namespace}_{name}_{uid}"
         log_dir.mkdir(parents=True)
         config = sandbox_config(name, self.namespace, uid, log_directory=str(log_dir), ports=ports,
