@@ -85,8 +85,9 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
     kind, sandbox_id = oci.sandbox_of(config)
     own_netns, netns_path = _network_namespace(config)
     if kind != "container" and not own_netns:
-        raise BundleError("the host network namespace cannot be shared with a VM: each container runs in a "
-                          "VM with a network stack of its own (use a network namespace, not host networking)")
+        raise BundleError(netns.HOST_NETWORK_REFUSED.format(""))
+    if netns_path:
+        netns.refuse_host(netns_path)  # before any hook, shim or tap
     hooks = {stage: oci.hooks_of(config, stage) for stage in ("prestart", "createRuntime", "poststart",
                                                                "poststop")}
     guest_cfg, binds = guest_config.translate(config, bundle, id, sandbox.SHARE_TAG)  # refuses before any boot

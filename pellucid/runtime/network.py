@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from .. import linux
 from ..errors import ContainerError
-from . import netns
+from . import netns as netns_mod
 
 TAP_PREFIX = "pltap"
 MACVTAP_PREFIX = "plmvt"
@@ -32,7 +32,7 @@ def in_netns(path: str) -> Iterator[None]:
     """Run the body in the network namespace at ``path`` (the CLI is single-threaded)."""
     here = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        netns.enter(path)
+        netns_mod.enter(path)
         try:
             yield
         finally:
@@ -85,6 +85,7 @@ def connect(netns: str, mode: str = "tcfilter") -> dict[str, Any]:
     the namespace has only loopback."""
     if mode not in MODES:
         raise ContainerError(f"unknown network mode {mode!r}")
+    netns_mod.refuse_host(netns)  # never a tap or a filter on the host's own interfaces
     nics: list[dict[str, Any]] = []
     try:
         with in_netns(netns):
@@ -140,8 +141,8 @@ def _macvtap(ipr, nic: dict[str, Any], i: int) -> None:
 
 def disconnect(netns: str, nics: list[dict[str, Any]]) -> None:
     """Remove the taps and filters :func:`connect` made (idempotent; a gone namespace is fine)."""
-    if not nics or not os.path.exists(netns):
-        return
+    if not nics or not os.path.exists(netns) or netns_mod.is_host(netns):
+        return  # connect never touches the host's namespace: neither may its undo
     try:
         with in_netns(netns):
             ipr = _ipr()
