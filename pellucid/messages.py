@@ -11,8 +11,6 @@ a record from typed arguments and sends ``to_json()``; the receiving side builds
 
 from __future__ import annotations
 
-import binascii
-
 from . import protocol
 from .protocol import ProtocolError
 
@@ -138,6 +136,7 @@ class Bytes(Field):
         self.max_len = max_len
 
     def check(self, name: str, value: Any) -> bytes:
+        import binascii  # only the DNS relay sends bytes: kept off the boot path
         if not isinstance(value, str) or len(value) > (self.max_len + 2) // 3 * 4:
             raise ProtocolError(f"field {name!r} is not base64 of at most {self.max_len} bytes")
         try:
@@ -146,6 +145,7 @@ class Bytes(Field):
             raise ProtocolError(f"field {name!r} is not base64: {err}") from err
 
     def dump(self, value: bytes) -> str:
+        import binascii
         return binascii.b2a_base64(value, newline=False).decode()
 
 

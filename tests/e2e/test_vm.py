@@ -14,6 +14,7 @@ import time
 import pytest
 
 from pellucid import config as config_mod
+from pellucid import messages
 from pellucid.errors import VMError
 from pellucid.vm import accel
 from pellucid.vm.assets import resolve
@@ -51,7 +52,7 @@ def test_handshake_ping_and_clean_stop(tmp_path):
     with vm_for(cfg, tmp_path) as vm:
         hello = vm.handshake(240)
         assert hello.kernel != os.uname().release and hello.rootfs_dax
-        assert isinstance(vm.agent.call("ping")["uptime_ms"], int)
+        assert vm.agent.call(messages.Ping()).uptime_ms > 0
         pid = vm.proc.pid
     assert vm.proc.poll() is not None
     assert not os.path.exists(f"/proc/{pid}")
