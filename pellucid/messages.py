@@ -321,13 +321,12 @@ class MountShare(Request):
 # The network.
 
 def _check_ip(name: str, value: str, family: int) -> None:
-    import ipaddress  # only configure_network needs it: kept off the CLI's and the agent's import path
+    """``value`` is an IPv``family`` address, as the guest's netlink code will encode it."""
+    import socket  # here, not at the top: only configure_network needs it, and both sides have it loaded by then
     try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        raise ProtocolError(f"{name}: {value!r} is not an IP address") from None
-    if ip.version != family:
-        raise ProtocolError(f"{name}: {value} is not IPv{family}")
+        socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, value)
+    except (OSError, ValueError):
+        raise ProtocolError(f"{name}: {value!r} is not an IPv{family} address") from None
 
 
 def _check_prefix(name: str, value: int, family: int) -> None:
