@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # no typing import at run time: see protocol.py
     from typing import Any, Callable
 
 from .. import messages, protocol
-from ..messages import Record, Request
 from . import boot
 
 PORTS_DIR = "/sys/class/virtio-ports"
@@ -57,7 +56,7 @@ class Agent:
         self.reader = protocol.FrameReader()
         self.out = bytearray()
         # op -> (its request record, the handler that takes that record and returns the result record)
-        self.handlers: dict[str, tuple[type[Request], Callable[[Any], Record | None]]] = {}
+        self.handlers: dict[str, tuple[type[messages.Request], Callable[[Any], messages.Record | None]]] = {}
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
         self.child_handlers: dict[int, Callable[[int], None]] = {}
         self.on_tick: list[Callable[[], None]] = []
@@ -65,7 +64,7 @@ class Agent:
         self.handle(messages.Hello, self.hello)
         self.handle(messages.Ping, self.ping)
 
-    def handle(self, request: type[Request], handler: Callable[[Any], Record | None]) -> None:
+    def handle(self, request: type[messages.Request], handler: Callable[[Any], messages.Record | None]) -> None:
         """Serve ``request`` with ``handler``, which gets the request record, checked."""
         self.handlers[request.OP] = (request, handler)
 
