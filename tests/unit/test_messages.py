@@ -271,3 +271,32 @@ def test_the_guest_imports_no_typing_nor_dataclasses():
     out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {root!r}); {code}"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_monitor_builds_the_network_request_from_what_the_runtime_found():
+    from pellucid.monitor import network_request
+    net = {"nics": [{"tap": "tap0", "device": "", "mac": "02:42:ac:11:00:02", "mtu": 1500, "name": "eth0",
+                     "addresses": [{"family": 4, "address": "172.17.0.2", "prefixlen": 16}]}],
+           "routes": [{"family": 4, "dst": "", "dst_len": 0, "gateway": "172.17.0.1", "scope": 0, "device": "eth0"}],
+           "dns_relay": True}
+    request = network_request(net)
+    assert messages.ConfigureNetwork.from_json(request.to_json()) == request
+    assert request.to_json() == {"nics": [{k: net["nics"][0][k] for k in ("name", "mac", "mtu", "addresses")}],
+                                 "routes": net["routes"], "dns_relay": True}
+
+
+def test_the_monitor_learns_the_process_a_creating_request_made():
+    from pellucid.monitor import _created_process
+    (ok, failed, bad) = protocol.FrameReader().feed(
+        messages.ok(1, messages.ProcessResult(process=5, pid=9)) + messages.Error("crun", "no").encode(2)
+        + protocol.response_ok(3, {"process": True, "pid": 9}))
+    assert [_created_process(f) for f in (ok, failed, bad)] == [5, None, None]
+
+
+def test_the_shim_checks_the_request_it_is_given():
+    from pellucid.shim import creating_request
+    assert creating_request("exec_process", {"id": "c", "process_spec": {}}) == messages.ExecProcess("c", {})
+    with pytest.raises(ProtocolError):
+        creating_request("start_container", {"id": "c"})
+    with pytest.raises(ProtocolError):
+        creating_request("create_container", {"id": "../c", "config": {}})
