@@ -269,11 +269,7 @@ class Monitor:
             if owner is not None:
                 self._send(owner, protocol.stream(frame.id, frame.payload))
         elif frame.kind == protocol.EVENT:
-            try:
-                event = messages.read_event(frame.json())
-            except protocol.ProtocolError as err:
-                print(f"pellucid-monitor: dropping an invalid event from the agent: {err}", file=sys.stderr)
-                return
+            event = messages.read_event(frame.json())  # an invalid one stops the VM, as a bad frame does
             if isinstance(event, messages.DnsQuery):
                 self._dns_query(event)
             elif isinstance(event, messages.Exit):
