@@ -10,7 +10,6 @@ readiness (or the boot error) as one JSON line on the file descriptor given by -
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import selectors
@@ -20,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from . import protocol, sockets
+from . import messages, protocol, sockets
 from .config import load as load_config
 from .errors import PellucidError
 from .runtime import netns
@@ -33,10 +32,9 @@ from .vm.spec import make_spec
 SOCKET = "monitor.sock"
 MAX_CLIENT_BUFFER = 16 << 20
 # Requests the monitor answers itself; the rest go to the agent.
-LOCAL_OPS = ("shutdown",)
-CREATING_OPS = ("create_container", "exec_process")
+LOCAL_OPS = (messages.Shutdown.OP,)
+CREATING_OPS = (messages.CreateContainer.OP, messages.ExecProcess.OP)
 DOCKER_DNS = ("127.0.0.11", 53)
-DNS_MAX = 4096
 
 
 class Conn:
@@ -85,12 +83,9 @@ class Monitor:
         for fd in self._tap_fds:
             os.close(fd)
         for share in shares:
-            self.vm.agent.call("mount_share", {"tag": share.tag}, timeout=cfg.hypervisor.boot_timeout)
+            self.vm.agent.call(messages.MountShare(share.tag), timeout=cfg.hypervisor.boot_timeout)
         if net["nics"]:
-            self.vm.agent.call("configure_network", {
-                "nics": [{k: n[k] for k in ("name", "mac", "mtu", "addresses")} for n in net["nics"]],
-                "routes": net["routes"], "dns_relay": bool(net.get("dns_relay"))},
-                timeout=cfg.hypervisor.boot_timeout)
+            self.vm.agent.call(network_request(net), timeout=cfg.hypervisor.boot_timeout)
         self.info = {"accelerator": accelerator, "machine": spec.machine, "guest_kernel": hello.kernel,
                      "boot_id": hello.boot_id, "rootfs_dax": hello.rootfs_dax,
                      "boot_ms": round(self.vm.timeline.agent_ms), "qemu_pid": self.vm.proc.pid,
@@ -197,8 +192,7 @@ class Monitor:
             return
         if frame.kind != protocol.REQUEST:
             return
-        msg = frame.json()
-        op = protocol.field(msg, "op", str, max_len=64)
+        op = protocol.field(frame.json(), "op", str, max_len=64)
         if op in LOCAL_OPS:
             self._local(conn, frame.id, op)
             return
@@ -211,7 +205,7 @@ class Monitor:
         return agent_id
 
     def _local(self, conn: Conn, id: int, op: str) -> None:
-        if op == "shutdown":
+        if op == messages.Shutdown.OP:
             self.running = False
             self._send(conn, protocol.response_ok(id))
             self._flush(conn)
@@ -264,9 +258,8 @@ class Monitor:
             if conn is None:
                 return  # the monitor's own request (a DNS reply): nothing to route
             if op in CREATING_OPS:
-                result = frame.json().get("result")
-                number = result.get("process") if isinstance(result, dict) else None
-                if isinstance(number, int) and not isinstance(number, bool):
+                number = _created_process(frame)
+                if number is not None:
                     self.owners[number] = conn
                     conn.processes.add(number)
             self._send(conn, protocol.encode(protocol.RESPONSE, client_id, frame.payload))
@@ -276,46 +269,43 @@ class Monitor:
             if owner is not None:
                 self._send(owner, protocol.stream(frame.id, frame.payload))
         elif frame.kind == protocol.EVENT:
-            event = frame.json()
-            if event.get("event") == "dns_query":
+            event = messages.read_event(frame.json())  # an invalid one stops the VM, as a bad frame does
+            if isinstance(event, messages.DnsQuery):
                 self._dns_query(event)
-                return
-            number = event.get("process")
-            owner = self.owners.get(number) if isinstance(number, int) else None
-            if owner is not None:
-                self._send(owner, protocol.encode(protocol.EVENT, 0, frame.payload))
+            elif isinstance(event, messages.Exit):
+                owner = self.owners.get(event.process)
+                if owner is not None:
+                    self._send(owner, protocol.encode(protocol.EVENT, 0, frame.payload))
 
     # Docker's embedded DNS, asked in the container's namespace on the guest's behalf.
 
-    def _dns_query(self, event: dict[str, Any]) -> None:
-        qid, data = event.get("query"), event.get("data")
-        if not isinstance(qid, int) or not isinstance(data, str) or len(data) > DNS_MAX * 2 or len(self.dns) >= 256:
+    def _dns_query(self, query: messages.DnsQuery) -> None:
+        if len(self.dns) >= 256:
             return
         try:
-            raw = base64.b64decode(data, validate=True)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-        except (ValueError, OSError):
+        except OSError:
             return
         try:
             sock.connect(DOCKER_DNS)
-            sock.send(raw)
+            sock.send(query.data)
         except OSError:
             sock.close()
             return
-        self.dns[sock.fileno()] = (sock, qid, time.monotonic())
+        self.dns[sock.fileno()] = (sock, query.query, time.monotonic())
         self.selector.register(sock, selectors.EVENT_READ, lambda mask, s=sock: self._dns_answer(s))
 
     def _dns_answer(self, sock: socket.socket) -> None:
         _, qid, _ = self.dns.pop(sock.fileno())
         self.selector.unregister(sock)
         try:
-            answer = sock.recv(DNS_MAX)
+            answer = sock.recv(messages.MAX_DNS)
         except OSError:
             answer = b""
         sock.close()
         if answer:
-            args = {"query": qid, "data": base64.b64encode(answer).decode()}
-            self._send_agent(protocol.request(self._agent_id(None, 0, "dns_reply"), "dns_reply", args))
+            reply = messages.DnsReply(query=qid, data=answer)
+            self._send_agent(reply.encode(self._agent_id(None, 0, reply.OP)))
 
     def _expire_dns(self) -> None:
         now = time.monotonic()
@@ -330,6 +320,24 @@ class Monitor:
             self._close(conn)
         if self.vm is not None:
             self.vm.stop()
+
+
+def network_request(net: dict[str, Any]) -> messages.ConfigureNetwork:
+    """The request that gives the guest the network the runtime found in the container's namespace
+    (``vm.json``'s "network", written by pellucid.runtime.network)."""
+    nics = [messages.Nic(name=n["name"], mac=n["mac"], mtu=n["mtu"],
+                         addresses=[messages.Address(**a) for a in n["addresses"]]) for n in net["nics"]]
+    return messages.ConfigureNetwork(nics=nics, routes=[messages.Route(**r) for r in net["routes"]],
+                                     dns_relay=bool(net.get("dns_relay")))
+
+
+def _created_process(frame: protocol.Frame) -> int | None:
+    """The process number a successful create_container or exec_process response carries."""
+    try:
+        msg = frame.json()
+        return messages.ProcessResult.from_json(msg.get("result")).process if msg.get("ok") is True else None
+    except protocol.ProtocolError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,8 @@ import threading
 import tty
 from typing import Any
 
-from . import protocol, sockets
-from .vm.agent_client import parse_response
+from . import messages, protocol, sockets
+from .vm.agent_client import parse_result
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP, signal.SIGALRM)
@@ -69,15 +69,17 @@ class Shim:
             out = self.term_fd if console_socket else 1
             self.out_fds = {protocol.STDOUT: out, protocol.STDERR: out}
 
-    def call(self, op: str, args: dict[str, Any]) -> Any:
-        self.send(protocol.request(1, op, args))
+    def create(self, request: messages.CreateContainer | messages.ExecProcess) -> messages.ProcessResult:
+        """Send the request that creates our process; its answer names the process."""
+        self.send(request.encode(1))
         while True:
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("the VM monitor closed the connection")
             for frame in self.reader.feed(data):
                 if frame.kind == protocol.RESPONSE and frame.id == 1:
-                    return parse_response(frame)
+                    result: messages.ProcessResult = parse_result(frame, messages.ProcessResult)
+                    return result
 
     def window_size(self) -> tuple[int, int]:
         assert self.term_fd is not None
@@ -89,11 +91,11 @@ class Shim:
             return
         rows, cols = self.window_size()
         if rows and cols:
-            self.send(protocol.request(2, "resize", {"process": self.process, "rows": rows, "cols": cols}))
+            self.send(messages.Resize(self.process, rows, cols).encode(2))
 
     def forward(self, signum: int) -> None:
         if self.process:
-            self.send(protocol.request(3, "signal_process", {"process": self.process, "signal": int(signum)}))
+            self.send(messages.SignalProcess(self.process, int(signum)).encode(3))
 
     def pump_stdin(self) -> None:
         """Blocking reads in a thread: stdin may be a pipe, a FIFO, a file or a terminal."""
@@ -161,14 +163,25 @@ class Shim:
             if number == self.process:
                 self.write_out(fd, frame.payload)
         elif frame.kind == protocol.EVENT:
-            event = frame.json()
-            status = event.get("status")
-            if event.get("event") == "exit" and event.get("process") == self.process and isinstance(status, int):
-                self.status = status & 0xFF
+            try:
+                event = messages.read_event(frame.json())
+            except protocol.ProtocolError:
+                return  # the monitor passes on checked exit events only
+            if isinstance(event, messages.Exit) and event.process == self.process:
+                self.status = event.status
 
     def restore_terminal(self) -> None:
         if self.term_saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, self.term_saved)
+
+
+def creating_request(op: str, args: dict[str, Any]) -> messages.CreateContainer | messages.ExecProcess:
+    """The request the runtime gave the shim, checked before it goes to the guest."""
+    if op == messages.CreateContainer.OP:
+        return messages.CreateContainer.from_json(args)
+    if op == messages.ExecProcess.OP:
+        return messages.ExecProcess.from_json(args)
+    raise protocol.ProtocolError(f"a shim creates a process; {op[:64]!r} does not")
 
 
 def main(argv: list[str]) -> int:
@@ -185,15 +198,15 @@ def main(argv: list[str]) -> int:
     try:
         shim = Shim(request)
         shim.setup_terminal()
-        result = shim.call(request["op"], request["args"])
-        shim.process = result["process"]
+        result = shim.create(creating_request(request["op"], request["args"]))
+        shim.process = result.process
     except Exception as err:  # reported to the runtime command, which fails with it
         ready.write(json.dumps({"ok": False, "error": str(err)}) + "\n")
         ready.close()
         if shim is not None:
             shim.restore_terminal()
         return 1
-    ready.write(json.dumps({"ok": True, "process": shim.process, "guest_pid": result.get("pid")}) + "\n")
+    ready.write(json.dumps({"ok": True, "process": shim.process, "guest_pid": result.pid}) + "\n")
     ready.close()
     try:
         return shim.relay()
