@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .. import protocol
+from .. import procs, protocol
 from ..errors import AgentError, VMError
 from .agent_client import AgentClient
 from .qemu_args import VMSpec, build_argv
@@ -57,7 +57,7 @@ class Hello:
                        init_ms=protocol.field(result, "init_ms", int),
                        uptime_ms=protocol.field(result, "uptime_ms", int))
         except protocol.ProtocolError as err:
-            raise VMError(f"agent handshake: {err}") from None
+            raise VMError(f"agent handshake: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class VM:
         self.timeline: BootTimeline | None = None
         self._qmp_sock: socket.socket | None = None
         self._started = 0.0
+        self._start_time = 0  # QEMU's, against pid reuse (pellucid.procs)
 
     @property
     def log_path(self) -> str:
@@ -106,10 +107,11 @@ class VM:
         except OSError as err:
             agent_host.close()
             qmp_host.close()
-            raise VMError(f"cannot start {argv[0]}: {err}") from None
+            raise VMError(f"cannot start {argv[0]}: {err}") from err
         finally:
             agent_qemu.close()
             qmp_qemu.close()
+        self._start_time = procs.proc_start_time(self.proc.pid) or 0  # our unreaped child: this is it
         self.state = State.RUNNING
         self.agent = AgentClient(agent_host)
         self._qmp_sock = qmp_host
@@ -121,7 +123,7 @@ class VM:
             result = self.agent.call("hello", {"version": protocol.VERSION, "time_ns": time.time_ns()},
                                      timeout=timeout)
         except (VMError, AgentError, OSError) as err:
-            raise VMError(f"the VM did not come up: {err}{self._diagnostics()}", self.console()) from None
+            raise VMError(f"the VM did not come up: {err}{self._diagnostics()}", self.console()) from err
         done = time.monotonic()
         self.hello = Hello.parse(result)
         if self.hello.version != protocol.VERSION:
@@ -163,19 +165,11 @@ class VM:
         if self.state is State.STOPPED:
             return
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                try:
-                    self.monitor().execute("quit")
-                except (VMError, OSError):
-                    pass
-                for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                    if sig is not None:
-                        self.proc.send_signal(sig)
-                    try:
-                        self.proc.wait(timeout)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
+            if self.proc is not None:
+                if self.proc.poll() is None:
+                    procs.stop(self.proc.pid, self._start_time, ask=lambda: self.monitor().execute("quit"),
+                               timeout=timeout)
+                self.proc.wait()
         finally:
             if self.agent is not None:
                 self.agent.sock.close()
