@@ -85,9 +85,9 @@ class FakeMonitor:
     def wait_ready(self, timeout: float) -> VMInfo:
         try:
             self.host.step("wait_ready")
-        except Injected:
+        except Injected as err:
             self.host.vms.pop(self.vm_dir, None)  # as the real one: a monitor that fails is stopped
-            raise
+            raise VMError(str(err)) from err
         return VMInfo(accelerator="fake", vcpus=self.desc.vcpus, memory_mib=self.desc.memory_mib)
 
 

@@ -16,7 +16,7 @@ from ..host_messages import ShimReady, ShimRequest
 from . import netns as netns_mod
 from .ready import read_line
 
-ABORT_TIMEOUT = 2.0
+ABORT_TIMEOUT = 5.0
 
 
 class ShimHandle:

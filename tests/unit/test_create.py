@@ -9,7 +9,7 @@ import os
 import pytest
 
 from pellucid.config import parse as parse_config
-from pellucid.errors import ContainerError, NotFound
+from pellucid.errors import ContainerError, NotFound, VMError
 from pellucid.oci.default_spec import default_spec
 from pellucid.runtime.create import create
 from pellucid.state import Status
@@ -68,7 +68,7 @@ def test_create_records_everything_delete_needs(store, bundle, tmp_path):
 def test_a_failure_at_any_step_undoes_all_before_it(store, bundle, tmp_path, step):
     host = FakeHost(fail=step)
     pid_file = str(tmp_path / ("no-such-dir" if step == "write_pid_file" else "") / "pid")
-    with pytest.raises((Injected, OSError)):
+    with pytest.raises((Injected, VMError, OSError)):
         create(store, CFG, "c1", bundle, pid_file=pid_file, host=host)
     assert host.live() == {}, "something was left behind"
     with pytest.raises(NotFound):
