@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import select
-import signal
+
+SIGTERM, SIGKILL = 15, 9  # the same on every Linux architecture
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def _exited(pidfd: int, timeout: float) -> bool:
 
 def _send(pidfd: int, sig: int) -> bool:
     """Send ``sig``; False if the process is gone already."""
+    import signal  # not at the top: `pellucid state` never signals (and signal builds enums)
     try:
         signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
@@ -101,9 +103,9 @@ def stop(pid: int, start: int, *, ask: Callable[[], object] | None = None, term:
             if _exited(fd, timeout):
                 return True
         if term:
-            if not _send(fd, signal.SIGTERM) or _exited(fd, timeout):
+            if not _send(fd, SIGTERM) or _exited(fd, timeout):
                 return True
-        if not _send(fd, signal.SIGKILL):
+        if not _send(fd, SIGKILL):
             return True
         return _exited(fd, timeout)
     finally:
