@@ -94,7 +94,7 @@ class Monitor:
             self.vm.agent.call("configure_network", net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
         self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
                            boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
-                           boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.proc.pid,
+                           boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
                            vcpus=spec.vcpus, memory_mib=spec.memory_mib)
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:

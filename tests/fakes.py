@@ -16,7 +16,7 @@ from pellucid import protocol
 from pellucid.errors import AgentError, ContainerError, VMError
 from pellucid.host_messages import Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
 from pellucid.procs import proc_start_time
-from pellucid.vm.machine import Hello, State
+from pellucid.vm.machine import BootTimeline, Hello, State
 
 # Fake processes carry the test process's own pid and start time, so that the runtime's status
 # check (pellucid.state.status) sees them alive; a fake stop never signals anything.
@@ -25,7 +25,7 @@ MY_START = proc_start_time(MY_PID) or 0
 
 # What the fake agent answers; any other operation is refused as the real agent refuses it.
 ANSWERS: dict[str, Any] = {
-    "ping": {}, "start_container": None, "signal_process": None, "delete_container": None,
+    "ping": {}, "mount_share": None, "configure_network": None, "start_container": None, "signal_process": None, "delete_container": None,
     "pause_container": None, "resume_container": None, "update_container": None,
     "ps": [{"pid": 1, "ppid": 0, "uid": 0, "state": "S", "cmd": "sleep 60"}],
     "stats": {"memory": {"usage": 1}},
@@ -245,11 +245,17 @@ class FakeQMP:
 class FakeVM:
     """One VM, as pellucid.vm.machine.VM presents it: start, handshake, QMP, stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: Any = None, workdir: str = "") -> None:
+        self.spec, self.workdir = spec, workdir
         self.state = State.NEW
         self.agent_calls: list[tuple[str, dict[str, Any]]] = []
         self.agent: FakeAgent | None = None
         self.hello: Hello | None = None
+        self.timeline: BootTimeline | None = None
+
+    @property
+    def pid(self) -> int:
+        return MY_PID if self.state is State.RUNNING else 0
 
     def start(self) -> None:
         if self.state is not State.NEW:
@@ -262,6 +268,7 @@ class FakeVM:
             raise VMError("the VM did not come up: it is not running")
         self.hello = Hello(version=protocol.VERSION, kernel="6.1.0-fake", boot_id="0" * 36, rootfs_dax=True,
                            init_ms=1, uptime_ms=2)
+        self.timeline = BootTimeline(kernel_ms=1.0, init_ms=2.0, agent_ms=3.0)
         return self.hello
 
     def monitor(self) -> FakeQMP:

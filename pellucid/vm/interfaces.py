@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .machine import Hello, State
+from .machine import BootTimeline, Hello, State
 
 
 class Agent(Protocol):
@@ -25,6 +25,11 @@ class Machine(Protocol):
     """A QEMU process: NEW -> RUNNING (start) -> STOPPED (stop: QMP quit, SIGTERM, SIGKILL)."""
 
     state: State
+    hello: Hello | None
+    timeline: BootTimeline | None  # once the handshake is done
+
+    @property
+    def pid(self) -> int: ...
 
     @property
     def agent(self) -> Agent | None: ...

@@ -86,6 +86,11 @@ class VM:
         self._start_time = 0  # QEMU's, against pid reuse (pellucid.procs)
 
     @property
+    def pid(self) -> int:
+        """QEMU's pid; 0 before start."""
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
     def log_path(self) -> str:
         return os.path.join(self.workdir, "qemu.log")
 

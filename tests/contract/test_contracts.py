@@ -53,13 +53,14 @@ def machine(request, tmp_path, config_file):
 
 def test_vm(machine):
     """NEW -> start -> handshake -> QMP and agent answer -> stop (idempotent) -> nothing answers."""
-    assert machine.state is State.NEW
+    assert machine.state is State.NEW and machine.pid == 0
     machine.start()
-    assert machine.state is State.RUNNING
+    assert machine.state is State.RUNNING and machine.pid > 0
     with pytest.raises(VMError, match="already running"):
         machine.start()
     hello = machine.handshake(BOOT_TIMEOUT)
-    assert hello.version >= 1 and hello.kernel
+    assert hello.version >= 1 and hello.kernel and machine.hello == hello
+    assert 0 <= machine.timeline.kernel_ms <= machine.timeline.init_ms
     assert machine.monitor().execute("query-status")["status"] == "running"
     with pytest.raises(VMError):
         machine.monitor().execute("no-such-command")

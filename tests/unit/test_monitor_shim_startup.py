@@ -98,3 +98,35 @@ def test_shim_checks_its_request(tmp_path):
         os.close(ready_r)
     assert p.wait(30) == 1
     assert b"missing field 'args'" in line and b'"ok":false' in line
+
+
+def test_monitor_boot_hands_the_description_to_qemu_and_the_agent(tmp_path, monkeypatch):
+    """vm.json -> QEMU's spec (size, shares, NICs) and the agent's mount_share and configure_network;
+    the VM's info as the ready line carries it."""
+    from pellucid import monitor as monitor_mod
+    from pellucid.host_messages import Address, Network, Share
+    from pellucid.vm.assets import Assets
+    from tests.fakes import FakeVM
+    config = tmp_path / "pellucid.toml"
+    config.write_text('[hypervisor]\naccelerator = "tcg"\nmachine = "q35"\n')
+    monkeypatch.setattr(monitor_mod, "resolve", lambda cfg: Assets("/k", "/i", 1 << 20, "6.1", "k", "i"))
+    vms: list[FakeVM] = []
+    monkeypatch.setattr(monitor_mod, "VM", lambda spec, workdir: vms.append(FakeVM(spec, workdir)) or vms[-1])
+    nic = Nic(name="eth0", index=2, mac="02:42:a9:fe:4d:02", mtu=1450, tap="pltap0",
+              addresses=[Address(family=4, address="169.254.77.2", prefixlen=24)])
+    desc = VMDescription(id="c1", config=str(config), vcpus=2, memory_mib=384, shares=[Share(tag="sandbox", path="/s")],
+                         network=Network(nics=[nic], dns_relay=True))
+    (tmp_path / "vm.json").write_text(desc.to_json())
+    monitor = Monitor(str(tmp_path))
+    monitor.boot()
+    spec = vms[0].spec
+    assert (spec.vcpus, spec.memory_mib, spec.name) == (2, 384, "pellucid-c1")
+    assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s")]
+    assert [(n.tap, n.mac, n.mtu) for n in spec.nics] == [("pltap0", "02:42:a9:fe:4d:02", 1450)]
+    assert vms[0].agent_calls == [
+        ("mount_share", {"tag": "sandbox"}),
+        ("configure_network", {"nics": [nic.for_guest()], "routes": [], "dns_relay": True})]
+    info = monitor.info
+    assert (info.accelerator, info.vcpus, info.memory_mib, info.guest_kernel, info.boot_ms) == ("tcg", 2, 384,
+                                                                                                "6.1.0-fake", 3)
+    assert MonitorReady.from_json(MonitorReady(ok=True, info=info).to_json()).info == info
