@@ -14,10 +14,13 @@ from ..oci import bundle as oci
 from ..state import Status, now_rfc3339
 from ..store import Store
 from . import guest_config
-from .interfaces import Host, ShimProcess
 from .layout import MONITOR_SOCKET, SHARE_TAG, shared_dir, vm_dir_of
 from .lifecycle import MiB, run_hooks, system_host
 from .shims import write_pid_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .interfaces import Host, ShimProcess
 
 
 def _network_namespace(config: dict[str, Any]) -> tuple[bool, str]:

@@ -14,10 +14,13 @@ from ..host_messages import ShimRequest
 from ..state import Status
 from ..store import Store
 from . import guest_config
-from .interfaces import Host, ShimProcess
 from .layout import MONITOR_SOCKET, vm_dir_of
 from .lifecycle import refresh, system_host
 from .shims import write_pid_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .interfaces import Host, ShimProcess
 
 START_TIMEOUT = 60.0
 
