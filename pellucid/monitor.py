@@ -24,10 +24,9 @@ from .config import load as load_config
 from .errors import PellucidError, VMError
 from .host_messages import MonitorReady, Nic, VMDescription, VMInfo
 from .runtime import netns
-from .vm import accel
+from .vm import accel, qemu_args
 from .vm.assets import resolve
 from .vm.machine import VM
-from .vm import qemu_args
 from .vm.spec import make_spec
 
 SOCKET = "monitor.sock"
