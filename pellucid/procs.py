@@ -89,7 +89,7 @@ def stop(pid: int, start: int, *, ask: Callable[[], object] | None = None, term:
          timeout: float = 3.0) -> bool:
     """Stop a process, escalating: ``ask()`` (a polite request, if given), SIGTERM (unless ``term``
     is false: a shim forwards SIGTERM to the workload), SIGKILL; each step waits up to ``timeout``
-    seconds for the exit. Returns whether the process is gone (a child must still be reaped by
+    seconds for the exit (a request that raises is not waited for). Returns whether the process is gone (a child must still be reaped by
     its parent). A process that is not (or no longer) ``pid``/``start`` is left alone."""
     fd = open_process(pid, start)
     if fd is None:
@@ -98,10 +98,11 @@ def stop(pid: int, start: int, *, ask: Callable[[], object] | None = None, term:
         if ask is not None:
             try:
                 ask()
-            except Exception:  # the request failing is why the signals follow
+            except Exception:  # not listening: on to the signals at once
                 pass
-            if _exited(fd, timeout):
-                return True
+            else:
+                if _exited(fd, timeout):
+                    return True
         if term:
             if not _send(fd, SIGTERM) or _exited(fd, timeout):
                 return True

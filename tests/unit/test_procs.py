@@ -74,8 +74,10 @@ def test_a_failing_request_goes_on_to_the_signals(trapper):
     def ask():
         raise OSError("no monitor socket")
 
-    assert procs.stop(p.pid, procs.proc_start_time(p.pid), ask=ask, term=False, timeout=0.2)
-    assert p.wait(5) == -9
+    started = time.monotonic()
+    assert procs.stop(p.pid, procs.proc_start_time(p.pid), ask=ask, timeout=1)
+    assert p.wait(5) == -9 and signals_seen(p) == ["SIGTERM"]
+    assert time.monotonic() - started < 2.5, "waited for a request that was never made"
 
 
 def test_another_start_time_is_another_process(trapper):
