@@ -223,3 +223,14 @@ def test_exec_tty_without_console_socket_is_refused(store):
     with pytest.raises(ContainerError, match="cannot allocate tty"):
         exec_process(store, "c1", {"args": ["sh"], "terminal": True}, detach=True, host=host)
     assert host.shims == []
+
+
+def test_a_failing_delete_releases_the_lock_and_keeps_the_state(store):
+    host = FakeHost(fail="stop_vm")
+    make(store, host, Status.STOPPED)
+    with pytest.raises(ContainerError, match="injected failure in stop_vm"):
+        lifecycle.delete(store, "c1", host=host)
+    assert lock_is_free(store, "c1") and store.load("c1").id == "c1" and host.hooks == []
+    host.fail = ""
+    lifecycle.delete(store, "c1", host=host)
+    assert host.vms == {}
