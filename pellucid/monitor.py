@@ -10,7 +10,6 @@ readiness (or the boot error) as one JSON line on the file descriptor given by -
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import selectors
 import signal
@@ -21,12 +20,12 @@ from typing import Any
 
 from . import messages, protocol, sockets
 from .config import load as load_config
-from .errors import PellucidError
+from .errors import PellucidError, VMError
+from .host_messages import MonitorReady, Nic, VMDescription, VMInfo
 from .runtime import netns
-from .vm import accel
+from .vm import accel, qemu_args
 from .vm.assets import resolve
 from .vm.machine import VM
-from .vm.qemu_args import Nic, Share
 from .vm.spec import make_spec
 
 SOCKET = "monitor.sock"
@@ -48,8 +47,12 @@ class Conn:
 class Monitor:
     def __init__(self, vm_dir: str) -> None:
         self.vm_dir = vm_dir
-        with open(os.path.join(vm_dir, "vm.json")) as f:
-            self.desc: dict[str, Any] = json.load(f)
+        path = os.path.join(vm_dir, "vm.json")
+        try:
+            with open(path, "rb") as f:
+                self.desc = VMDescription.from_json(f.read())
+        except ValueError as err:
+            raise VMError(f"{path}: {err}") from err
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
         self.pending: dict[int, tuple[Conn | None, int, str]] = {}  # agent id -> (conn, client id, op)
@@ -57,7 +60,7 @@ class Monitor:
         self.owners: dict[int, Conn] = {}  # process number -> connection that created it
         self.next_id = 1
         self.vm: VM | None = None
-        self.info: dict[str, Any] = {}
+        self.info = VMInfo()
         self.running = True
         self.agent_reader: protocol.FrameReader | None = None
         self.agent_out = bytearray()
@@ -66,16 +69,16 @@ class Monitor:
     # Boot.
 
     def boot(self) -> None:
-        cfg = load_config(self.desc.get("config") or None)
+        desc = self.desc
+        cfg = load_config(desc.config or None)
         assets = resolve(cfg)
         accelerator, _ = accel.choose(cfg, assets, os.path.dirname(self.vm_dir.rstrip("/")))
-        shares = tuple(Share(s["tag"], s["path"]) for s in self.desc.get("shares", []))
-        net = self.desc.get("network") or {"nics": [], "routes": []}
-        nics = tuple(self._nic(n) for n in net["nics"])
+        shares = tuple(qemu_args.Share(s.tag, s.path) for s in desc.shares)
+        net = desc.network
+        nics = tuple(self._nic(n) for n in net.nics)
         console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
-        spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{self.desc['id']}", console_file=console,
-                         shares=shares, nics=nics, vcpus=self.desc.get("vcpus"),
-                         memory_mib=self.desc.get("memory_mib"))
+        spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{desc.id}", console_file=console,
+                         shares=shares, nics=nics, vcpus=desc.vcpus or None, memory_mib=desc.memory_mib or None)
         self.vm = VM(spec, self.vm_dir)
         self.vm.start()
         hello = self.vm.handshake(cfg.hypervisor.boot_timeout)
@@ -84,20 +87,20 @@ class Monitor:
             os.close(fd)
         for share in shares:
             self.vm.agent.call(messages.MountShare(share.tag), timeout=cfg.hypervisor.boot_timeout)
-        if net["nics"]:
-            self.vm.agent.call(network_request(net), timeout=cfg.hypervisor.boot_timeout)
-        self.info = {"accelerator": accelerator, "machine": spec.machine, "guest_kernel": hello.kernel,
-                     "boot_id": hello.boot_id, "rootfs_dax": hello.rootfs_dax,
-                     "boot_ms": round(self.vm.timeline.agent_ms), "qemu_pid": self.vm.proc.pid,
-                     "vcpus": spec.vcpus, "memory_mib": spec.memory_mib}
+        if net.nics:
+            self.vm.agent.call(net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
+        self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
+                           boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
+                           boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
+                           vcpus=spec.vcpus, memory_mib=spec.memory_mib)
 
-    def _nic(self, nic: dict[str, Any]) -> Nic:
+    def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""
-        if nic.get("device"):
-            fd = os.open(nic["device"], os.O_RDWR)
+        if nic.device:
+            fd = os.open(nic.device, os.O_RDWR)
             self._tap_fds.append(fd)
-            return Nic(mac=nic["mac"], fd=fd, mtu=nic["mtu"])
-        return Nic(mac=nic["mac"], tap=nic["tap"], mtu=nic["mtu"])
+            return qemu_args.Nic(mac=nic.mac, fd=fd, mtu=nic.mtu)
+        return qemu_args.Nic(mac=nic.mac, tap=nic.tap, mtu=nic.mtu)
 
     # Serving.
 
@@ -322,15 +325,6 @@ class Monitor:
             self.vm.stop()
 
 
-def network_request(net: dict[str, Any]) -> messages.ConfigureNetwork:
-    """The request that gives the guest the network the runtime found in the container's namespace
-    (``vm.json``'s "network", written by pellucid.runtime.network)."""
-    nics = [messages.Nic(name=n["name"], mac=n["mac"], mtu=n["mtu"],
-                         addresses=[messages.Address(**a) for a in n["addresses"]]) for n in net["nics"]]
-    return messages.ConfigureNetwork(nics=nics, routes=[messages.Route(**r) for r in net["routes"]],
-                                     dns_relay=bool(net.get("dns_relay")))
-
-
 def _created_process(frame: protocol.Frame) -> int | None:
     """The process number a successful create_container or exec_process response carries."""
     try:
@@ -348,25 +342,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    with open(os.path.join(args.vm_dir, "monitor.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    monitor = Monitor(args.vm_dir)
     ready = os.fdopen(args.ready_fd, "w")
+    try:
+        monitor = Monitor(args.vm_dir)
+    except (PellucidError, OSError) as err:
+        ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
+        ready.close()
+        return 1
     path = os.path.join(args.vm_dir, SOCKET)
     try:
         try:
-            if monitor.desc.get("netns"):
-                netns.enter(monitor.desc["netns"])  # QEMU and its taps live in the container's namespace
+            if monitor.desc.netns:
+                netns.enter(monitor.desc.netns)  # QEMU and its taps live in the container's namespace
             monitor.boot()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sockets.bind(listener, path)
             os.chmod(path, 0o600)
             listener.listen(64)
         except (PellucidError, OSError) as err:
-            ready.write(json.dumps({"ok": False, "error": str(err)}) + "\n")
+            ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
             ready.close()
             return 1
-        ready.write(json.dumps({"ok": True, "info": monitor.info}) + "\n")
+        ready.write(MonitorReady(ok=True, info=monitor.info).to_json() + "\n")
         ready.close()
         monitor.serve(listener)
         return 0

@@ -12,7 +12,6 @@ the process and the terminal set-up.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import selectors
 import signal
@@ -24,6 +23,7 @@ import tty
 from typing import Any
 
 from . import messages, protocol, sockets
+from .host_messages import ShimReady, ShimRequest
 from .vm.agent_client import parse_result
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -32,9 +32,9 @@ VM_GONE_STATUS = 137  # the VM died under the process: report it as killed
 
 
 class Shim:
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, request: ShimRequest) -> None:
         self.request = request
-        self.sock = sockets.connect(request["monitor"], timeout=60)
+        self.sock = sockets.connect(request.monitor, timeout=60)
         self.send_lock = threading.Lock()
         self.reader = protocol.FrameReader()
         self.process = 0
@@ -51,7 +51,7 @@ class Shim:
     def setup_terminal(self) -> None:
         """With --console-socket: a new pty whose master goes to the caller, as runc does. With a
         terminal but no socket (an interactive `exec -t` or `run -t`): our own tty."""
-        console_socket = self.request.get("console_socket")
+        console_socket = self.request.console_socket
         if console_socket:
             master, slave = os.openpty()
             tty.setraw(slave)  # the guest's pty does the line discipline; this one passes bytes through
@@ -133,8 +133,7 @@ class Shim:
         for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH):
             signal.signal(sig, lambda *_: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        if self.request.get("stdin", True):
-            threading.Thread(target=self.pump_stdin, daemon=True).start()
+        threading.Thread(target=self.pump_stdin, daemon=True).start()
         self.resize()
         sel = selectors.DefaultSelector()
         self.sock.setblocking(True)
@@ -193,20 +192,20 @@ def main(argv: list[str]) -> int:
     ready = os.fdopen(ready_fd, "w")
     if not raw:
         return 1  # the runtime gave up before sending a request
-    request = json.loads(raw)
     shim = None
     try:
+        request = ShimRequest.from_json(raw)
         shim = Shim(request)
         shim.setup_terminal()
-        result = shim.create(creating_request(request["op"], request["args"]))
+        result = shim.create(creating_request(request.op, request.args))
         shim.process = result.process
     except Exception as err:  # reported to the runtime command, which fails with it
-        ready.write(json.dumps({"ok": False, "error": str(err)}) + "\n")
+        ready.write(ShimReady(ok=False, error=str(err)).to_json() + "\n")
         ready.close()
         if shim is not None:
             shim.restore_terminal()
         return 1
-    ready.write(json.dumps({"ok": True, "process": shim.process, "guest_pid": result.pid}) + "\n")
+    ready.write(ShimReady(ok=True, process=shim.process, guest_pid=result.pid).to_json() + "\n")
     ready.close()
     try:
         return shim.relay()

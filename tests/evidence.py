@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pellucid.state import mounts_under
+from pellucid.mountinfo import mounts_under
 
 ENV = "PELLUCID_TEST_EVIDENCE_DIR"
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "test-evidence"

@@ -13,10 +13,9 @@ import copy
 import os
 from typing import Any, Callable, NamedTuple
 
-from .. import log
+from .. import log, messages
 from ..errors import BundleError
 
-GUEST_SHARED = "/run/pellucid/shared"
 HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
 UNSUPPORTED_NAMESPACES = ("user", "time")
 #: crun 1.8 refuses any ociVersion without "1.0" in it ("unknown version specified")
@@ -82,7 +81,7 @@ def is_bind(mount: dict[str, Any]) -> bool:
 
 
 def guest_dir(tag: str, container_id: str) -> str:
-    return f"{GUEST_SHARED}/{tag}/{container_id}"
+    return f"{messages.share_mount_point(tag)}/{container_id}"
 
 
 def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,

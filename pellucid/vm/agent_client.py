@@ -49,29 +49,19 @@ class AgentClient:
         elif frame.kind == protocol.STREAM:
             self.on_stream(frame.id, frame.payload)
 
-    def call(self, request: messages.Request | str, args: dict[str, Any] | None = None,
-             timeout: float = 30.0) -> Any:
+    def call(self, request: messages.Request, timeout: float = 30.0) -> Any:
         """Send one request and wait for its response; events seen meanwhile go to the callbacks.
-
-        Given a request record, returns its result record (None for a request without one),
-        checked. Given an op name and its args (the form of the callers not yet converted), returns
-        the result as JSON, unchecked."""
+        Returns the request's result record (None for a request without one), checked."""
         id = self._next_id
         self._next_id = self._next_id % 0xFFFFFFFF + 1
-        if isinstance(request, str):
-            op, result = request, None
-            self.send(protocol.request(id, op, args))
-        else:
-            op, result = request.OP, request.RESULT
-            self.send(request.encode(id))
+        self.send(request.encode(id))
         deadline = time.monotonic() + timeout
         while id not in self._responses:
             try:
                 self._pump(deadline)
             except TimeoutError:
-                raise VMError(f"the agent did not answer {op!r} within {timeout:g}s") from None
-        frame = self._responses.pop(id)
-        return parse_response(frame) if isinstance(request, str) else parse_result(frame, result)
+                raise VMError(f"the agent did not answer {request.OP!r} within {timeout:g}s") from None
+        return parse_result(self._responses.pop(id), request.RESULT)
 
 
 def parse_response(frame: protocol.Frame) -> Any:

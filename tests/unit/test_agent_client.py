@@ -49,9 +49,3 @@ def test_a_failure_is_an_agent_error_with_its_kind(pair):
     with pytest.raises(AgentError, match="already exited") as info:
         client.call(messages.SignalProcess(1, 9), timeout=5)
     assert info.value.kind == messages.ERR_STOPPED
-
-
-def test_the_op_name_form_returns_json(pair):
-    client, guest = pair
-    guest.sendall(messages.ok(1, messages.PingResult(uptime_ms=7)))
-    assert client.call("ping", timeout=5) == {"uptime_ms": 7}
