@@ -57,6 +57,7 @@ class Agent:
         self.out = bytearray()
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {"hello": self.hello, "ping": self.ping}
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
+        self.credit_handlers: dict[int, Callable[[int], None]] = {}  # stream id -> bytes granted
         self.child_handlers: dict[int, Callable[[int], None]] = {}
         self.on_tick: list[Callable[[], None]] = []
         self.selector.register(fd, selectors.EVENT_READ, self._on_channel)
@@ -119,6 +120,11 @@ class Agent:
             handler = self.stream_handlers.get(frame.id)
             if handler is not None:
                 handler(frame.payload)
+            return
+        if frame.kind == protocol.CREDIT:
+            granted = self.credit_handlers.get(frame.id)
+            if granted is not None:
+                granted(protocol.parse_credit(frame))
             return
         if frame.kind != protocol.REQUEST:
             return
