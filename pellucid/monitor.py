@@ -155,9 +155,12 @@ class Monitor:
         conn.events = events
 
     def _close(self, conn: Conn) -> None:
+        if conn.sock.fileno() < 0:
+            return
         self.conns.pop(conn.sock.fileno(), None)
         if conn.events:
             self.selector.unregister(conn.sock)
+            conn.events = 0
         conn.sock.close()
         for number in conn.processes:
             self._orphan(number)
@@ -203,6 +206,8 @@ class Monitor:
                 self._watch(conn)
 
     def _on_conn(self, conn: Conn, mask: int) -> None:
+        if conn.sock.fileno() < 0:
+            return  # closed by an earlier callback of the same select
         if mask & selectors.EVENT_WRITE and conn.out:
             try:
                 n = conn.sock.send(conn.out)
