@@ -37,17 +37,11 @@ def create(runtime, bundle, id, tmp_path, pipes):
     return int(pid_file.read_text())
 
 
-def seq_output(last: int) -> bytes:
-    return "".join(f"{i}\n" for i in range(1, last + 1)).encode()
-
-
-def seq_last_for(size: int) -> int:
-    """The n for which `seq 1 n` writes at least ``size`` bytes."""
-    n, total = 0, 0
-    while total < size:
-        n += 1
-        total += len(str(n)) + 1
-    return n
+def with_data(bundle, size: int) -> bytes:
+    """Random bytes put in the bundle's rootfs as /data (the container reads them over 9p)."""
+    data = os.urandom(size)
+    (bundle / "rootfs/data").write_bytes(data)
+    return data
 
 
 def report(what: str, size: int, seconds: float) -> None:
@@ -81,15 +75,14 @@ def test_stdin_arrives_byte_for_byte_through_a_process_that_reads_late(runtime, 
 def test_stdout_arrives_whole_through_a_reader_that_stalls(runtime, make_bundle, tmp_path):
     """The caller reads nothing for a while: the process is held back (it stays running, it is not
     killed), then its output arrives in order and whole, followed by its exit status."""
-    last = seq_last_for(SIZE)
-    expected = seq_output(last)
-    bundle = make_bundle(["sh", "-c", f"seq 1 {last}; echo done >&2; exit 3"])
+    bundle = make_bundle(["sh", "-c", "cat /data; echo done >&2; exit 3"])
+    expected = with_data(bundle, SIZE)
     pipes = Pipes()
     pid = create(runtime, bundle, "stall", tmp_path, pipes)
     runtime("start", "stall")
-    started = time.monotonic()
     time.sleep(STALL)
     assert runtime.state("stall")["status"] == "running"  # held back by the reader, not killed
+    started = time.monotonic()
     out, err = pipes.read_all(timeout=1800)
     report("stdout (after a 5 s stall)", len(out), time.monotonic() - started)
     assert wait_exit(pid) == 3
@@ -102,16 +95,16 @@ def test_stdout_arrives_whole_through_a_reader_that_stalls(runtime, make_bundle,
 def test_a_stalled_reader_holds_up_no_other_process_and_no_control_request(runtime, make_bundle, tmp_path):
     """The container's init writes far more than a window and nobody reads it. Meanwhile an exec in
     the same VM streams its output, and state, ps and kill answer promptly."""
-    bundle = make_bundle(["sh", "-c", "echo started; seq 1 10000000; sleep 1000"])
+    bundle = make_bundle(["sh", "-c", "echo started; cat /data /data; sleep 1000"])
+    data = with_data(bundle, 4 << 20)
     stalled = Pipes()
     pid = create(runtime, bundle, "busy", tmp_path, stalled)
     runtime("start", "busy")
     assert b"started" in read_until(stalled.stdout_r, b"started")  # then the reader stalls
     time.sleep(3)
 
-    last = seq_last_for(4 << 20)
     process = tmp_path / "process.json"
-    process.write_text(json.dumps({"args": ["seq", "1", str(last)], "cwd": "/", "env": ["PATH=/bin"],
+    process.write_text(json.dumps({"args": ["cat", "/data"], "cwd": "/", "env": ["PATH=/usr/bin:/bin"],
                                    "user": {"uid": 0, "gid": 0}}))
     flowing = Pipes()
     exec_pid_file = tmp_path / "exec.pid"
@@ -120,9 +113,9 @@ def test_a_stalled_reader_holds_up_no_other_process_and_no_control_request(runti
                 pipes=flowing)
     flowing.close_child_ends()
     assert out.returncode == 0, runtime.log.read_text()
-    data, _ = flowing.read_all(timeout=600)
-    report("exec stdout beside a stalled reader", len(data), time.monotonic() - started)
-    assert data == seq_output(last)
+    out, _ = flowing.read_all(timeout=600)
+    report("exec stdout beside a stalled reader", len(out), time.monotonic() - started)
+    assert out == data
     assert wait_exit(int(exec_pid_file.read_text())) == 0
     flowing.close()
 
