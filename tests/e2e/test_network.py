@@ -69,7 +69,8 @@ def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, m
     mac = json.loads(sh("ip", "-n", ctr, "-j", "link", "show", "eth0").stdout)[0]["address"]
     bundle = make_bundle(["sh", "-c", "mkdir -p /www && echo hello-from-vm > /www/index.html && "
                           "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu && ip route && ip -6 addr && "
-                          "echo serving && exec httpd -f -p 80 -h /www"])
+                          "httpd -f -p 80 -h /www & "  # serving only once it answers: no race with the fetches below
+                          "until wget -q -O /dev/null http://127.0.0.1/; do sleep 0.1; done; echo serving; wait"])
     with_netns(bundle, f"/run/netns/{ctr}")
     pipes = Pipes()
     pid_file = tmp_path / "pid"
