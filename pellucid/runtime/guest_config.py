@@ -139,16 +139,27 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     sysctl = linux.get("sysctl") or {}
     if sysctl:
         linux["sysctl"] = {k: v for k, v in sysctl.items() if not k.startswith("net.")}
-    # Block I/O limits would name the guest's disks, not the container's (its rootfs is on 9p).
     resources = linux.get("resources")
     if isinstance(resources, dict):
-        resources.pop("blockIO", None)
+        linux["resources"] = resources_for_guest(resources)
     linux.pop("mountLabel", None)
     process = cfg.get("process")
     if isinstance(process, dict):
         process.pop("apparmorProfile", None)
         process.pop("selinuxLabel", None)
     return normalise(cfg), binds
+
+
+def resources_for_guest(resources: dict[str, Any]) -> dict[str, Any]:
+    """linux.resources (or an update's) as the guest's cgroups take them. The cpuset names host CPUs
+    and NUMA nodes: the VM's host cgroup confines the whole VM to them, and in the guest the
+    container has every vCPU of its VM (written there, the host's CPU numbers fail with ERANGE).
+    Block I/O limits would name the guest's disks, not the container's (its rootfs is on 9p)."""
+    out = {k: v for k, v in resources.items() if k != "blockIO"}
+    cpu = out.get("cpu")
+    if isinstance(cpu, dict) and ("cpus" in cpu or "mems" in cpu):
+        out["cpu"] = {k: v for k, v in cpu.items() if k not in ("cpus", "mems")}
+    return out
 
 
 def _apply(obj: Any, path: list[str], field: str, action: str, reason: str, warn: Callable[[str], None]) -> None:

@@ -174,3 +174,12 @@ def test_an_exec_process_is_normalised_too():
 def test_every_addition_is_decided():
     assert {action for _, _, action, _ in SPEC_ADDITIONS} == {PASS, DROP, REFUSE}
     assert all(reason for *_, reason in SPEC_ADDITIONS)
+
+
+def test_cpuset_is_the_host_cgroup_s_not_the_guest_s():
+    """Host CPU numbers written in the guest fail with ERANGE: the VM's host cgroup takes them."""
+    from pellucid.runtime.guest_config import resources_for_guest
+    resources = {"cpu": {"cpus": "3", "mems": "0", "shares": 512}, "memory": {"limit": 1 << 26},
+                 "blockIO": {"weight": 10}}
+    assert resources_for_guest(resources) == {"cpu": {"shares": 512}, "memory": {"limit": 1 << 26}}
+    assert resources["cpu"]["cpus"] == "3", "the caller's resources are not changed"
