@@ -17,7 +17,7 @@ from .. import log, messages
 from ..errors import BundleError
 
 HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
-UNSUPPORTED_NAMESPACES = ("user", "time")
+UNSUPPORTED_NAMESPACES = ("time",)
 #: crun 1.8 refuses any ociVersion without "1.0" in it ("unknown version specified")
 GUEST_OCI_VERSION = "1.0.2"
 
@@ -98,14 +98,19 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     cfg["root"] = {"path": f"{base}/rootfs", "readonly": bool(root.get("readonly"))}
 
     mounts = []
+    # Binds of one source share one guest path: a mount made under one of them then propagates to
+    # the others, as on the host, where the container asks for shared propagation.
+    names: dict[tuple[str, bool], str] = {}
     for i, mount in enumerate(cfg.get("mounts") or []):
         if is_bind(mount):
             source = mount.get("source", "")
             if not os.path.isabs(source):
                 source = os.path.join(bundle, source)
-            options = mount.get("options") or []
-            name = f"mounts/{i}"
-            binds.append(Bind(source, name, os.path.isdir(source), "ro" in options))
+            readonly = "ro" in (mount.get("options") or [])
+            name = names.get((source, readonly))
+            if name is None:
+                name = names[(source, readonly)] = f"mounts/{i}"
+                binds.append(Bind(source, name, os.path.isdir(source), readonly))
             mount = {**mount, "source": f"{base}/{name}"}
         mounts.append(mount)
     cfg["mounts"] = mounts

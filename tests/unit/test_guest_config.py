@@ -55,8 +55,32 @@ def test_read_only_binds_are_read_only_on_the_host_too():
     assert [b.readonly for b in binds if b.source == "/srv"] == [True]
 
 
+def test_user_namespace_and_its_mappings_go_to_the_guest():
+    config = docker_config()
+    config["linux"]["namespaces"].append({"type": "user"})
+    config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    guest, _ = translate(config, "/b", "cid", "sandbox")
+    assert {"type": "user"} in guest["linux"]["namespaces"]
+    assert guest["linux"]["uidMappings"] == config["linux"]["uidMappings"]
+    assert guest["linux"]["gidMappings"] == config["linux"]["gidMappings"]
+
+
+def test_binds_of_one_source_share_one_guest_path():
+    """So that a mount under one propagates to the other (shared propagation in the guest)."""
+    config = docker_config()
+    config["mounts"] += [{"destination": d, "type": "bind", "source": "/srv", "options": ["rbind", "rshared"]}
+                         for d in ("/a", "/b")]
+    config["mounts"].append({"destination": "/c", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]})
+    guest, binds = translate(config, "/b", "cid", "sandbox")
+    by_dest = {m["destination"]: m for m in guest["mounts"]}
+    assert by_dest["/a"]["source"] == by_dest["/b"]["source"] != by_dest["/c"]["source"]
+    assert by_dest["/a"]["options"] == ["rbind", "rshared"]
+    assert [(b.readonly) for b in binds if b.source == "/srv"] == [False, True]
+
+
 @pytest.mark.parametrize("namespaces, message", [
-    ([{"type": "user"}], "user namespaces are not supported"),
+    ([{"type": "time"}], "time namespaces are not supported"),
     ([{"type": "ipc", "path": "/proc/1/ns/ipc"}], "host namespace"),
 ])
 def test_namespaces_a_vm_cannot_give(namespaces, message):
