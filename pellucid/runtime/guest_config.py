@@ -62,6 +62,8 @@ SPEC_ADDITIONS: tuple[tuple[str, str, str, str], ...] = (
 )
 #: mount options (1.2.0) that ask for an idmapping; "idmap=..." is crun's own form
 IDMAP_OPTIONS = ("idmap", "ridmap")
+#: bind options that make the bind a member of a peer group
+SHARED_PROPAGATION = frozenset(("shared", "rshared"))
 #: platform sections a Linux runtime has no use for
 OTHER_PLATFORMS = ("windows", "solaris", "zos", "freebsd")
 
@@ -101,17 +103,27 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     # Binds of one source share one guest path: a mount made under one of them then propagates to
     # the others, as on the host, where the container asks for shared propagation.
     names: dict[tuple[str, bool], str] = {}
+    peers: dict[str, str] = {}  # source -> where its first bind with shared propagation is
     for i, mount in enumerate(cfg.get("mounts") or []):
         if is_bind(mount):
             source = mount.get("source", "")
             if not os.path.isabs(source):
                 source = os.path.join(bundle, source)
-            readonly = "ro" in (mount.get("options") or [])
+            options = mount.get("options") or []
+            readonly = "ro" in options
             name = names.get((source, readonly))
             if name is None:
                 name = names[(source, readonly)] = f"mounts/{i}"
                 binds.append(Bind(source, name, os.path.isdir(source), readonly))
             mount = {**mount, "source": f"{base}/{name}"}
+            destination = mount.get("destination", "")
+            if SHARED_PROPAGATION.intersection(options) and isinstance(destination, str):
+                first = peers.setdefault(source, destination)
+                if first != destination:
+                    # runc makes the container's / shared first, so binds of one source are peers;
+                    # crun 1.8 binds each from a private copy: bind the first bind instead, which
+                    # is shared by then (crun mounts in the config's order, below the rootfs).
+                    mount["source"] = f"{base}/rootfs/{first.lstrip('/')}"
         mounts.append(mount)
     cfg["mounts"] = mounts
 

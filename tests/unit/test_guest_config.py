@@ -66,15 +66,17 @@ def test_user_namespace_and_its_mappings_go_to_the_guest():
     assert guest["linux"]["gidMappings"] == config["linux"]["gidMappings"]
 
 
-def test_binds_of_one_source_share_one_guest_path():
-    """So that a mount under one propagates to the other (shared propagation in the guest)."""
+def test_binds_of_one_source_are_peers_in_the_guest():
+    """One 9p path per source, and a later shared bind binds the first: a mount under one shows at the other."""
     config = docker_config()
     config["mounts"] += [{"destination": d, "type": "bind", "source": "/srv", "options": ["rbind", "rshared"]}
                          for d in ("/a", "/b")]
     config["mounts"].append({"destination": "/c", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]})
     guest, binds = translate(config, "/b", "cid", "sandbox")
     by_dest = {m["destination"]: m for m in guest["mounts"]}
-    assert by_dest["/a"]["source"] == by_dest["/b"]["source"] != by_dest["/c"]["source"]
+    assert by_dest["/a"]["source"].startswith("/run/pellucid/shared/sandbox/cid/mounts/")
+    assert by_dest["/b"]["source"] == "/run/pellucid/shared/sandbox/cid/rootfs/a", "a peer of /a"
+    assert by_dest["/c"]["source"] != by_dest["/a"]["source"]
     assert by_dest["/a"]["options"] == ["rbind", "rshared"]
     assert [(b.readonly) for b in binds if b.source == "/srv"] == [False, True]
 
