@@ -123,7 +123,7 @@ def directories(path: str, root: str = ROOT, self_cgroup: str = SELF) -> list[st
     dirs = []
     for d, _ in hierarchies(root):
         if path.startswith("/"):
-            dirs.append(d + path.rstrip("/") if path != "/" else d)
+            dirs.append(d + path)
             continue
         name = os.path.basename(d) if d != root else ""
         key = "" if name in ("unified", "") else name
@@ -245,10 +245,13 @@ def create(path: str, resources: dict[str, Any], cg: HostCgroup, root: str = ROO
     overhead, the result also its directories. A failure removes what was made."""
     v2 = os.path.exists(f"{root}/cgroup.controllers")
     made = HostCgroup(memory_overhead=cg.memory_overhead, cpu_millis=cg.cpu_millis, pids=cg.pids)
+    new = HostCgroup()
     try:
         for (hierarchy, controllers), d in zip(hierarchies(root), directories(path, root, self_cgroup)):
             if not (d == hierarchy or d.startswith(hierarchy + "/")):
                 raise ContainerError(f"cgroup path {path} leaves the hierarchy at {hierarchy}")
+            if not os.path.isdir(d):
+                new.dirs.append(d)  # a cgroup that was there is joined, never removed on failure
             made.dirs.append(d)
             try:
                 _make(d, hierarchy, controllers, v2)
@@ -256,7 +259,7 @@ def create(path: str, resources: dict[str, Any], cg: HostCgroup, root: str = ROO
                 raise ContainerError(f"cannot create the VM's host cgroup {d}: {err.strerror}") from err
         apply(made, resources, root)
     except BaseException:
-        remove(made)
+        remove(new)
         raise
     return made
 

@@ -182,3 +182,16 @@ def test_remove_is_idempotent(v2):
     cgroups.remove(cg)
     cgroups.remove(cg)
     assert not os.path.exists(cg.dirs[0])
+
+
+def test_a_failed_create_leaves_a_cgroup_that_was_there(v2, monkeypatch):
+    root, self_cgroup = v2
+    os.makedirs(f"{root}/kubepods/abc")
+
+    def refuse(path: str, value: str) -> None:
+        raise ContainerError(f"writing {path}: Invalid argument")
+
+    monkeypatch.setattr(cgroups, "_write", refuse)
+    with pytest.raises(ContainerError):
+        cgroups.create("/kubepods/abc", {"memory": {"limit": 1}}, OVERHEAD, root=root, self_cgroup=self_cgroup)
+    assert os.path.isdir(f"{root}/kubepods/abc")
