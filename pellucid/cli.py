@@ -25,7 +25,7 @@ GLOBAL_FLAGS = {
     "--log": ("log", VALUE, ""),
     "--log-format": ("log_format", VALUE, "text"),
     "--debug": ("debug", BOOL, False),
-    "--systemd-cgroup": ("systemd_cgroup", BOOL, False),  # accepted: the guest's cgroups are pellucid's
+    "--systemd-cgroup": ("systemd_cgroup", BOOL, False),  # cgroupsPath is "slice:prefix:name"
     "--rootless": ("rootless", VALUE, "false"),  # accepted: pellucid runs as root
     "--config": ("config", VALUE, None),
     "--version": ("version", BOOL, False),

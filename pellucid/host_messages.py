@@ -76,6 +76,15 @@ class VMDescription(Record):
     __slots__ = tuple(FIELDS)
 
 
+class HostCgroup(Record):
+    """A VM's host cgroup (pellucid.runtime.cgroups): its directory in each hierarchy, and the
+    overhead added to the OCI limits there (``memory_overhead`` in bytes, ``cpu_millis`` in
+    thousandths of a CPU, ``pids`` the bound on the VM's host processes and threads)."""
+
+    FIELDS = {"dirs": list, "memory_overhead": int, "cpu_millis": int, "pids": int}
+    __slots__ = tuple(FIELDS)
+
+
 class VMInfo(Record):
     """A booted VM, as its monitor reports it (and the container's state keeps it)."""
 

@@ -640,17 +640,42 @@ class Counters(Field):
 _COUNT = Int(0, 1 << 63)
 
 
+class InterfaceStats(Record):
+    """One guest network interface's counters (/sys/class/net/NAME/statistics), as runc names them."""
+
+    NAMES = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "tx_bytes", "tx_packets", "tx_errors",
+             "tx_dropped")
+    __slots__ = ("name",) + NAMES
+    FIELDS = {"name": Str(64), **{n: Int(0, 1 << 63, optional=True, default=0) for n in NAMES}}
+
+    def __init__(self, name: str, **counters: int) -> None:
+        self.name = name
+        for n in self.NAMES:
+            setattr(self, n, counters.get(n, 0))
+
+
+_OPT = Int(0, 1 << 63, optional=True, default=0)
+
+
 class StatsResult(Record):
-    """A container's cgroup statistics, nested on the wire as runc's ``events --stats`` prints them
-    (times in nanoseconds, sizes in bytes)."""
+    """A container's cgroup statistics in the guest, nested on the wire as runc's ``events --stats``
+    prints them (times in nanoseconds, sizes in bytes; a limit of 0: none): memory usage, peak,
+    limit and the times it was hit; CPU time and throttling; pids; the VM's network interfaces
+    (which are the container's network namespace's)."""
 
     __slots__ = ("cpu_total", "cpu_user", "cpu_kernel", "memory_usage", "memory_limit", "memory_cache",
-                 "memory_raw", "pids_current")
+                 "memory_raw", "pids_current", "memory_max", "memory_failcnt", "pids_limit", "cpu_periods",
+                 "cpu_throttled_periods", "cpu_throttled_time", "network")
     FIELDS = {"cpu_total": _COUNT, "cpu_user": _COUNT, "cpu_kernel": _COUNT, "memory_usage": _COUNT,
-              "memory_limit": _COUNT, "memory_cache": _COUNT, "memory_raw": Counters(), "pids_current": _COUNT}
+              "memory_limit": _COUNT, "memory_cache": _COUNT, "memory_raw": Counters(), "pids_current": _COUNT,
+              "memory_max": _OPT, "memory_failcnt": _OPT, "pids_limit": _OPT, "cpu_periods": _OPT,
+              "cpu_throttled_periods": _OPT, "cpu_throttled_time": _OPT,
+              "network": ListOf(Nested(InterfaceStats), 256, optional=True)}
 
     def __init__(self, cpu_total: int, cpu_user: int, cpu_kernel: int, memory_usage: int, memory_limit: int,
-                 memory_cache: int, memory_raw: dict[str, int], pids_current: int) -> None:
+                 memory_cache: int, memory_raw: dict[str, int], pids_current: int, memory_max: int = 0,
+                 memory_failcnt: int = 0, pids_limit: int = 0, cpu_periods: int = 0, cpu_throttled_periods: int = 0,
+                 cpu_throttled_time: int = 0, network: list[InterfaceStats] | None = None) -> None:
         self.cpu_total = cpu_total
         self.cpu_user = cpu_user
         self.cpu_kernel = cpu_kernel
@@ -659,6 +684,13 @@ class StatsResult(Record):
         self.memory_cache = memory_cache
         self.memory_raw = memory_raw  # memory.stat
         self.pids_current = pids_current
+        self.memory_max = memory_max  # memory.peak
+        self.memory_failcnt = memory_failcnt  # memory.events "max": times the limit was hit
+        self.pids_limit = pids_limit  # 0: no limit
+        self.cpu_periods = cpu_periods
+        self.cpu_throttled_periods = cpu_throttled_periods
+        self.cpu_throttled_time = cpu_throttled_time
+        self.network = network or []
 
     @classmethod
     def from_json(cls, value: Any) -> Self:
@@ -669,16 +701,27 @@ class StatsResult(Record):
         return super().from_json({
             "cpu_total": part(value, "cpu", "usage", "total"), "cpu_user": part(value, "cpu", "usage", "user"),
             "cpu_kernel": part(value, "cpu", "usage", "kernel"),
+            "cpu_periods": part(value, "cpu", "throttling", "periods"),
+            "cpu_throttled_periods": part(value, "cpu", "throttling", "throttled_periods"),
+            "cpu_throttled_time": part(value, "cpu", "throttling", "throttled_time"),
             "memory_usage": part(value, "memory", "usage", "usage"),
-            "memory_limit": part(value, "memory", "usage", "limit"), "memory_cache": part(value, "memory", "cache"),
-            "memory_raw": part(value, "memory", "raw"), "pids_current": part(value, "pids", "current")})
+            "memory_limit": part(value, "memory", "usage", "limit"),
+            "memory_max": part(value, "memory", "usage", "max"),
+            "memory_failcnt": part(value, "memory", "usage", "failcnt"),
+            "memory_cache": part(value, "memory", "cache"), "memory_raw": part(value, "memory", "raw"),
+            "pids_current": part(value, "pids", "current"), "pids_limit": part(value, "pids", "limit"),
+            "network": part(value, "network_interfaces")})
 
     def to_json(self) -> Any:
         return {
-            "cpu": {"usage": {"total": self.cpu_total, "user": self.cpu_user, "kernel": self.cpu_kernel}},
-            "memory": {"usage": {"usage": self.memory_usage, "limit": self.memory_limit},
+            "cpu": {"usage": {"total": self.cpu_total, "user": self.cpu_user, "kernel": self.cpu_kernel},
+                    "throttling": {"periods": self.cpu_periods, "throttled_periods": self.cpu_throttled_periods,
+                                   "throttled_time": self.cpu_throttled_time}},
+            "memory": {"usage": {"usage": self.memory_usage, "max": self.memory_max, "failcnt": self.memory_failcnt,
+                                 "limit": self.memory_limit},
                        "cache": self.memory_cache, "raw": self.memory_raw},
-            "pids": {"current": self.pids_current},
+            "pids": {"current": self.pids_current, "limit": self.pids_limit},
+            "network_interfaces": [i.to_json() for i in self.network],
         }
 
 

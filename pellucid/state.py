@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 
-from .host_messages import Network, VMInfo
+from .host_messages import HostCgroup, Network, VMInfo
 from .procs import alive
 from .records import Record
 
@@ -67,6 +67,7 @@ class ContainerState(Record):
     - ``vm``: the VM's info (sandbox and single containers); ``monitor_pid``/``monitor_start``:
       its monitor daemon, which owns QEMU.
     - ``process``/``guest_pid``: the init process's number with the agent and its pid in the guest.
+    - ``cgroup``: the VM's host cgroup, which holds the shims (of a container in a pod: its sandbox's).
     """
 
     FIELDS = {
@@ -74,7 +75,7 @@ class ContainerState(Record):
         "pid": int, "pid_start": int, "started": bool, "paused": bool, "sandbox": str, "kind": str,
         "creator_pid": int, "creator_start": int, "netns": str, "network": Network, "poststart": list,
         "poststop": list, "terminal": bool, "vm": VMInfo, "monitor_pid": int, "monitor_start": int,
-        "process": int, "guest_pid": int,
+        "process": int, "guest_pid": int, "cgroup": HostCgroup,
     }
     REQUIRED = ("id",)
     __slots__ = tuple(FIELDS)

@@ -10,11 +10,11 @@ Failures are injected by name: ``FakeHost(fail="launch_vm")`` makes that step ra
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pellucid import messages, protocol
 from pellucid.errors import AgentError, ContainerError, VMError
-from pellucid.host_messages import Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
+from pellucid.host_messages import HostCgroup, Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
 from pellucid.procs import proc_start_time
 from pellucid.vm.machine import BootTimeline, State
 
@@ -154,6 +154,9 @@ class FakeHost:
         self.hooks: list[str] = []
         self.containers: set[str] = set()  # in the guests
         self.next_process = 0
+        self.cgroups: dict[str, dict[str, Any]] = {}  # path -> the resources it was made with
+        self.cgroup_updates: list[tuple[str, dict[str, Any]]] = []
+        self.joined: list[tuple[str, list[str]]] = []  # (process, the cgroup dirs it started in)
 
     def step(self, name: str) -> None:
         self.calls.append(name)
@@ -163,13 +166,14 @@ class FakeHost:
     def live(self) -> dict[str, Any]:
         """Whatever exists on the fake host; empty when everything was undone."""
         out = {"netns": sorted(self.netns), "networks": sorted(self.networks), "vms": sorted(self.vms),
-               "shims": [s for s in self.shims if s.alive], "shares": sorted(self.shares)}
+               "shims": [s for s in self.shims if s.alive], "shares": sorted(self.shares), "cgroups": sorted(self.cgroups)}
         return {k: v for k, v in out.items() if v}
 
     # The Host interface.
 
-    def launch_vm(self, vm_dir: str, desc: VMDescription) -> FakeMonitor:
+    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> FakeMonitor:
         self.step("launch_vm")
+        self.joined.append(("monitor", list(cgroup)))
         if vm_dir in self.vms:
             raise VMError(f"a VM runs in {vm_dir} already")
         monitor = self.vms[vm_dir] = FakeMonitor(self, vm_dir, desc)
@@ -187,8 +191,9 @@ class FakeHost:
         if monitor is not None and (monitor.pid, monitor.start) == (monitor_pid, monitor_start):
             del self.vms[vm_dir]
 
-    def start_shim(self, netns: str, console: bool) -> FakeShim:
+    def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> FakeShim:
         self.step("start_shim")
+        self.joined.append(("shim", list(cgroup)))
         shim = FakeShim(self, netns, console)
         self.shims.append(shim)
         return shim
@@ -196,6 +201,23 @@ class FakeHost:
     def stop_shim(self, pid: int, start: int) -> None:
         self.step("stop_shim")
         self.stopped_shims.append((pid, start))
+
+    def make_cgroup(self, path: str, resources: dict[str, Any], overhead: HostCgroup) -> HostCgroup:
+        self.step("make_cgroup")
+        self.cgroups[path] = resources
+        return HostCgroup(dirs=[f"/fake-cgroup{path if path.startswith('/') else '/' + path}"],
+                          memory_overhead=overhead.memory_overhead, cpu_millis=overhead.cpu_millis,
+                          pids=overhead.pids)
+
+    def update_cgroup(self, cgroup: HostCgroup, resources: dict[str, Any]) -> None:
+        self.step("update_cgroup")
+        self.cgroup_updates.append((cgroup.dirs[0], resources))
+
+    def remove_cgroup(self, cgroup: HostCgroup) -> None:
+        self.step("remove_cgroup")
+        for path in list(self.cgroups):
+            if cgroup.dirs == [f"/fake-cgroup{path if path.startswith('/') else '/' + path}"]:
+                del self.cgroups[path]
 
     def pin_netns(self, path: str) -> None:
         self.step("pin_netns")

@@ -39,7 +39,7 @@ def create(args: Args) -> int:
     from ..runtime.create import create as create_container
     _no_preserved_fds(args)
     create_container(_store(args), _config(args), args.id, args.bundle, pid_file=args.pid_file,
-                     console_socket=args.console_socket)
+                     console_socket=args.console_socket, systemd_cgroup=args.systemd_cgroup)
     return 0
 
 
@@ -49,7 +49,8 @@ def run(args: Args) -> int:
     _no_preserved_fds(args)
     store = _store(args)
     shim = create_container(store, _config(args), args.id, args.bundle, pid_file=args.pid_file,
-                            console_socket=args.console_socket, detached=args.detach)
+                            console_socket=args.console_socket, detached=args.detach,
+                            systemd_cgroup=args.systemd_cgroup)
     try:
         lifecycle.start(store, args.id)
     except BaseException:

@@ -217,6 +217,9 @@ class Containers:
         if not os.path.ismount(target):
             linux.mount(request.tag, target, "9p", linux.MS_NODEV,
                         "trans=virtio,version=9p2000.L,msize=262144,cache=mmap,posixacl")
+            # Shared, as a bind source is on a systemd host: a container whose config asks for
+            # shared propagation (rootfsPropagation, "rshared" binds) gets binds that are peers.
+            linux.mount("none", target, None, linux.MS_SHARED)
 
     def create(self, request: messages.CreateContainer) -> messages.ProcessResult:
         cid = request.id
@@ -369,11 +372,34 @@ class Containers:
             text = text.strip()
             return int(text) if text.isdigit() else 0
 
+        def limit(name: str) -> int:
+            text = read(name).strip()
+            return int(text) if text.isdigit() else 0  # "max" or absent: none
+
         cpu = keyed(read("cpu.stat"))
         mem = keyed(read("memory.stat"))
-        limit = read("memory.max").strip()
         return messages.StatsResult(
             cpu_total=cpu.get("usage_usec", 0) * 1000, cpu_user=cpu.get("user_usec", 0) * 1000,
             cpu_kernel=cpu.get("system_usec", 0) * 1000, memory_usage=number(read("memory.current")),
-            memory_limit=int(limit) if limit.isdigit() else 0, memory_cache=mem.get("file", 0), memory_raw=mem,
-            pids_current=number(read("pids.current")))
+            memory_limit=limit("memory.max"), memory_cache=mem.get("file", 0), memory_raw=mem,
+            pids_current=number(read("pids.current")), memory_max=number(read("memory.peak")),
+            memory_failcnt=keyed(read("memory.events")).get("max", 0), pids_limit=limit("pids.max"),
+            cpu_periods=cpu.get("nr_periods", 0), cpu_throttled_periods=cpu.get("nr_throttled", 0),
+            cpu_throttled_time=cpu.get("throttled_usec", 0) * 1000, network=interface_stats())
+
+
+def interface_stats() -> list[messages.InterfaceStats]:
+    """The VM's interfaces but loopback: the container's network namespace is the VM's."""
+    out = []
+    for name in sorted(os.listdir("/sys/class/net"))[:256]:
+        if name == "lo":
+            continue
+        counters = {}
+        for counter in messages.InterfaceStats.NAMES:
+            try:
+                with open(f"/sys/class/net/{name}/statistics/{counter}") as f:
+                    counters[counter] = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pass
+        out.append(messages.InterfaceStats(name, **counters))
+    return out

@@ -14,6 +14,7 @@ from .containers import Containers
 def main() -> None:
     started_ms = boot.uptime_ms()
     boot.mount_base()
+    boot.enable_controllers()
     fd = os.open(find_port(protocol.AGENT_PORT_NAME), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     agent = Agent(fd, started_ms)
     network.loopback_up()

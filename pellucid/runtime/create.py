@@ -10,11 +10,11 @@ from typing import Any, Callable
 from .. import config as config_mod
 from .. import messages
 from ..errors import BundleError, ContainerError, NotFound
-from ..host_messages import ShimRequest, VMDescription
+from ..host_messages import HostCgroup, ShimRequest, VMDescription
 from ..oci import bundle as oci
 from ..state import Status, now_rfc3339
 from ..store import Store
-from . import guest_config, netns
+from . import cgroups, guest_config, netns
 from .layout import MONITOR_SOCKET, shared_dir, vm_dir_of
 from .lifecycle import MiB, run_hooks, system_host
 from .shims import write_pid_file
@@ -57,7 +57,26 @@ def vm_size(cfg: config_mod.Config, config: dict[str, Any]) -> tuple[int, int]:
     quota, period = cpu.get("quota"), cpu.get("period")
     if isinstance(quota, int) and isinstance(period, int) and quota > 0 and period > 0:
         vcpus = max(vcpus, math.ceil(quota / period))
-    return min(vcpus, os.cpu_count() or 1), memory
+    cpus = cpu.get("cpus")
+    if isinstance(cpus, str) and cpus:
+        vcpus = min(vcpus, cpu_count(cpus))  # the host cgroup's cpuset confines the VM to these
+    return max(1, min(vcpus, os.cpu_count() or 1)), memory
+
+
+def cpu_count(cpus: str) -> int:
+    """How many CPUs a cpuset list ("0-3,8") names (a malformed one is the host cgroup's to refuse)."""
+    count = 0
+    for part in cpus.split(","):
+        low, _, high = part.strip().partition("-")
+        if low.isdigit() and (not high or high.isdigit()):
+            count += int(high or low) - int(low) + 1
+    return count
+
+
+def host_overhead(cfg: config_mod.Config) -> HostCgroup:
+    """The VM's cost beyond its container's limits: the guest's base RAM plus the declared overhead."""
+    return HostCgroup(memory_overhead=(cfg.hypervisor.memory_mib + cfg.overhead.memory_mib) * MiB,
+                      cpu_millis=cfg.overhead.cpu_millis, pids=cfg.overhead.pids)
 
 
 class _Undo:
@@ -78,7 +97,8 @@ class _Undo:
 
 
 def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_file: str = "",
-           console_socket: str = "", detached: bool = True, host: Host | None = None) -> ShimProcess:
+           console_socket: str = "", detached: bool = True, systemd_cgroup: bool = False,
+           host: Host | None = None) -> ShimProcess:
     """Boot (or join) the VM, create the container in it, stopped before its user process runs."""
     host = host or system_host()
     oci.validate_id(id)
@@ -100,6 +120,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
     hooks = {stage: oci.hooks_of(config, stage) for stage in ("prestart", "createRuntime", "poststart",
                                                                "poststop")}
     guest_cfg, binds = guest_config.translate(config, bundle, id, messages.SHARE_TAG)  # refuses before any boot
+    linux = config.get("linux") or {}
+    cgroup_path = cgroups.cgroup_path(linux.get("cgroupsPath") or "", id, systemd_cgroup)
     with store.create(id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), kind=kind,
                       sandbox=sandbox_id if kind == "container" else id,
                       annotations=config.get("annotations") or {}) as st:
@@ -112,14 +134,18 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                     raise ContainerError(f"sandbox {sandbox_id} of container {id} does not exist") from None
                 vm_dir = vm_dir_of(store, parent)
                 netns_path = parent.netns
+                st.cgroup = HostCgroup(dirs=parent.cgroup.dirs)  # the VM's: the sandbox's to remove
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
                 os.makedirs(vm_dir)
+                st.cgroup = host.make_cgroup(cgroup_path, linux.get("resources") or {}, host_overhead(cfg))
+                undo.push(lambda: host.remove_cgroup(st.cgroup))
+                store.save(st)  # a create killed from here on leaves a cgroup that delete removes
                 if not netns_path:
                     netns_path = os.path.join(vm_dir, "netns")
                     host.pin_netns(netns_path)
                     undo.push(lambda: host.release_netns(netns_path))
-            shim = host.start_shim(netns_path, console=bool(console_socket))
+            shim = host.start_shim(netns_path, console=bool(console_socket), cgroup=st.cgroup.dirs)
             undo.push(shim.abort)
             st.pid, st.pid_start = shim.pid, shim.start
             st.netns, st.terminal = netns_path, terminal
@@ -136,7 +162,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                 st.network = net
                 vcpus, memory = vm_size(cfg, config)
                 monitor = host.launch_vm(vm_dir, VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory,
-                                                               netns=netns_path, network=net))
+                                                               netns=netns_path, network=net),
+                                         cgroup=st.cgroup.dirs)
                 undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
                 st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
                 store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds

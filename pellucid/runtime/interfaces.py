@@ -8,9 +8,9 @@ type checkers import this module: the CLI's state/kill/delete path stays free of
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
-from ..host_messages import Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
+from ..host_messages import HostCgroup, Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
 from ..messages import Request
 from .guest_config import Bind
 
@@ -62,16 +62,25 @@ class Host(Protocol):
     """Everything a lifecycle verb does outside the state store."""
 
     # A VM: its monitor daemon, which owns QEMU and the channel to the agent.
-    def launch_vm(self, vm_dir: str, desc: VMDescription) -> MonitorProcess: ...
+    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
+        """Start the monitor (in the host cgroup directories ``cgroup`` before its pid is known), which boots QEMU."""
+        ...
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> AgentConnection: ...
 
     def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0) -> None: ...
 
     # Shims: one per container process.
-    def start_shim(self, netns: str, console: bool) -> ShimProcess: ...
+    def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> ShimProcess: ...
 
     def stop_shim(self, pid: int, start: int) -> None: ...
+
+    # The VM's host cgroup (pellucid.runtime.cgroups).
+    def make_cgroup(self, path: str, resources: dict[str, Any], overhead: HostCgroup) -> HostCgroup: ...
+
+    def update_cgroup(self, cgroup: HostCgroup, resources: dict[str, Any]) -> None: ...
+
+    def remove_cgroup(self, cgroup: HostCgroup) -> None: ...
 
     # The host side of a sandbox.
     def pin_netns(self, path: str) -> None: ...

@@ -135,6 +135,8 @@ def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> Non
         host.stop_shim(st.pid, st.pid_start)
     if st.kind != "container":
         host.unmount_all(store.dir(st.id))
+        if st.cgroup.dirs:
+            host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
 
 
 def pause(store: Store, id: str, host: Host | None = None) -> None:
@@ -197,7 +199,10 @@ def update(store: Store, id: str, resources: dict[str, Any], host: Host | None =
         quota, period = cpu.get("quota"), cpu.get("period") or 100000
         if isinstance(quota, int) and quota > 0 and cpus and quota / period > cpus:
             raise ContainerError(f"cannot give the container {quota / period:g} CPUs: its VM has {cpus} vCPUs")
-        _call(host, store, st, messages.UpdateContainer(id, resources))
+        from .guest_config import resources_for_guest
+        _call(host, store, st, messages.UpdateContainer(id, resources_for_guest(resources)))
+        if st.kind != "container" and st.cgroup.dirs:
+            host.update_cgroup(st.cgroup, resources)  # the VM's host limits follow its container's
 
 
 def list_states(store: Store) -> list[dict[str, Any]]:

@@ -17,12 +17,13 @@ from .. import messages, procs, sockets
 from ..errors import VMError
 from ..host_messages import MonitorReady, Share, VMDescription, VMInfo
 from ..vm.agent_client import AgentClient
+from . import cgroups
 from .layout import MONITOR_SOCKET, shared_dir
 from .ready import read_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Sequence
 
 DESCRIPTION = "vm.json"
 LOG = "monitor.log"
@@ -64,8 +65,9 @@ class MonitorProcess:
         self._proc.wait()
 
 
-def launch(vm_dir: str, desc: VMDescription) -> MonitorProcess:
-    """Write vm.json and start the monitor, which boots the VM."""
+def launch(vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
+    """Write vm.json and start the monitor, which boots the VM; in the host cgroup directories
+    ``cgroup`` from before it runs, so that QEMU, its child, is there too."""
     os.makedirs(shared_dir(vm_dir), exist_ok=True)
     desc.shares = [Share(tag=messages.SHARE_TAG, path=shared_dir(vm_dir))]
     with open(os.path.join(vm_dir, DESCRIPTION), "w") as f:
@@ -75,7 +77,8 @@ def launch(vm_dir: str, desc: VMDescription) -> MonitorProcess:
         with open(os.path.join(vm_dir, LOG), "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "pellucid.monitor", vm_dir, "--ready-fd", str(ready_w)],
                                     pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True,
+                                    preexec_fn=(lambda: cgroups.join(cgroup)) if cgroup else None)
     except BaseException:
         os.close(ready_r)
         raise

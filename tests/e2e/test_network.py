@@ -5,6 +5,7 @@ the container's VM and reaches it from the other end. Traffic never leaves the t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 
@@ -64,7 +65,9 @@ def with_netns(bundle, path: str | None) -> None:
 def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, make_bundle, tmp_path, cni_pair, mode):
     become_subreaper()
     runtime.config = tmp_path / "pellucid.toml"
-    runtime.config.write_text(f'[hypervisor]\nboot_timeout = 240\n[network]\nmode = "{mode}"\n')
+    assets = os.environ.get("PELLUCID_TEST_ASSETS_DIR")
+    runtime.config.write_text(f'[hypervisor]\nboot_timeout = 240\n[network]\nmode = "{mode}"\n'
+                              + (f'[assets]\ndir = "{assets}"\n' if assets else ""))
     peer, ctr = cni_pair
     mac = json.loads(sh("ip", "-n", ctr, "-j", "link", "show", "eth0").stdout)[0]["address"]
     bundle = make_bundle(["sh", "-c", "mkdir -p /www && echo hello-from-vm > /www/index.html && "

@@ -44,14 +44,17 @@ SAMPLES = [
     messages.PsResult([PS_ENTRY]),
     messages.Stats(id="c1"),
     messages.StatsResult(cpu_total=1000, cpu_user=600, cpu_kernel=400, memory_usage=1 << 20, memory_limit=0,
-                         memory_cache=4096, memory_raw={"file": 4096, "anon": 8192}, pids_current=2),
+                         memory_cache=4096, memory_raw={"file": 4096, "anon": 8192}, pids_current=2,
+                         memory_max=2 << 20, memory_failcnt=3, pids_limit=20, cpu_periods=10, cpu_throttled_periods=4,
+                         cpu_throttled_time=5000, network=[messages.InterfaceStats("eth0", rx_bytes=100, tx_packets=2)]),
+    messages.InterfaceStats("eth0", rx_bytes=100),
     messages.Shutdown(),
     messages.Exit(process=3, container="c1", status=137),
     messages.DnsQuery(query=7, data=b"\x12\x34query"),
     messages.Error(kind=messages.ERR_NOT_FOUND, message="no process 9"),
 ]
 # Records that are laid out on the wire as their fields, one JSON key each.
-FLAT = [s for s in SAMPLES if not isinstance(s, (messages.PsResult, messages.StatsResult))]
+FLAT = [s for s in SAMPLES if not isinstance(s, (messages.PsResult, messages.StatsResult, messages.InterfaceStats))]
 
 
 def test_every_record_has_a_sample():
@@ -227,12 +230,19 @@ def test_ps_result_is_a_list_on_the_wire_and_every_entry_is_checked():
 def test_stats_result_keeps_runc_layout_and_checks_every_counter():
     stats = next(s for s in SAMPLES if isinstance(s, messages.StatsResult))
     wire = stats.to_json()
-    assert wire == {"cpu": {"usage": {"total": 1000, "user": 600, "kernel": 400}},
-                    "memory": {"usage": {"usage": 1 << 20, "limit": 0}, "cache": 4096,
+    assert wire == {"cpu": {"usage": {"total": 1000, "user": 600, "kernel": 400},
+                            "throttling": {"periods": 10, "throttled_periods": 4, "throttled_time": 5000}},
+                    "memory": {"usage": {"usage": 1 << 20, "max": 2 << 20, "failcnt": 3, "limit": 0}, "cache": 4096,
                                "raw": {"file": 4096, "anon": 8192}},
-                    "pids": {"current": 2}}
+                    "pids": {"current": 2, "limit": 20},
+                    "network_interfaces": [{"name": "eth0", "rx_bytes": 100, "rx_packets": 0, "rx_errors": 0,
+                                            "rx_dropped": 0, "tx_bytes": 0, "tx_packets": 2, "tx_errors": 0,
+                                            "tx_dropped": 0}]}
+    assert messages.StatsResult.from_json(wire) == stats
     for path, value in ((("cpu", "usage", "total"), -1), (("memory", "usage", "limit"), "max"),
-                        (("pids", "current"), None), (("memory", "raw"), {"file": -1}), (("cpu",), [])):
+                        (("pids", "current"), None), (("memory", "raw"), {"file": -1}), (("cpu",), []),
+                        (("network_interfaces",), [{"name": "eth0", "rx_bytes": -1}]),
+                        (("network_interfaces",), [{"name": "x" * 65}]), (("pids", "limit"), "max")):
         bad = copy.deepcopy(wire)
         node = bad
         for key in path[:-1]:
