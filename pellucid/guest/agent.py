@@ -167,8 +167,14 @@ class Agent:
         host_time = protocol.field(args, "time_ns", int, optional=True)
         if host_time is not None:
             time.clock_settime_ns(time.CLOCK_REALTIME, host_time)
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot_id = f.read().strip()
+        if protocol.field(args, "template", bool, optional=True, default=False):
+            # A template is saved after this answer and cloned: the kernel makes the boot id at its first
+            # read, so it is read in each clone (clone_resumed), never here.
+            from . import clone
+            clone.warm_up()
+            boot_id = ""
+        else:
+            boot_id = read_boot_id()
         return {
             "version": protocol.VERSION,
             "kernel": os.uname().release,
@@ -182,14 +188,20 @@ class Agent:
         return {"uptime_ms": boot.uptime_ms()}
 
 
+def read_boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
 def main() -> None:
     started_ms = boot.uptime_ms()
     boot.mount_base()
     fd = os.open(find_port(protocol.AGENT_PORT_NAME), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     agent = Agent(fd, started_ms)
-    from . import network
+    from . import clone, network
     from .containers import Containers
     network.loopback_up()
     agent.handlers["configure_network"] = lambda args: network.configure(agent, args)
+    agent.handlers["clone_resumed"] = lambda args: clone.resumed(agent, args)
     Containers(agent)
     agent.run()

@@ -114,12 +114,13 @@ class VM:
         self.agent = AgentClient(agent_host)
         self._qmp_sock = qmp_host
 
-    def handshake(self, timeout: float) -> Hello:
-        """Wait for the agent to answer; raises VMError with QEMU's and the console's output if it does not."""
+    def handshake(self, timeout: float, *, template: bool = False) -> Hello:
+        """Wait for the agent to answer; raises VMError with QEMU's and the console's output if it does not.
+        A ``template`` agent readies itself to be saved and cloned (and reads no boot id)."""
         assert self.agent is not None
+        args = {"version": protocol.VERSION, "time_ns": time.time_ns(), **({"template": True} if template else {})}
         try:
-            result = self.agent.call("hello", {"version": protocol.VERSION, "time_ns": time.time_ns()},
-                                     timeout=timeout)
+            result = self.agent.call("hello", args, timeout=timeout)
         except (VMError, AgentError, OSError) as err:
             raise VMError(f"the VM did not come up: {err}{self._diagnostics()}", self.console()) from None
         done = time.monotonic()
