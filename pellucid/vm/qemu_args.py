@@ -26,7 +26,8 @@ class Share:
 @dataclass(frozen=True)
 class Nic:
     """A virtio-net device backed by a tap in the VM's network namespace, by name or open fd (macvtap);
-    with neither, by a hub port connected to nothing (a template's NIC slot, or a clone's unused one)."""
+    with neither, connected to nothing (a template's NIC slot, or a clone's unused one; a hub port
+    there hangs QEMU 7.2's guest before its kernel prints a line)."""
 
     mac: str
     tap: str = ""
@@ -137,13 +138,11 @@ def build_argv(spec: VMSpec) -> list[str]:
     argv += ["-serial", "chardev:console"]
     for i, nic in enumerate(spec.nics):
         if nic.fd >= 0:
-            netdev = f"tap,id=net{i},fd={nic.fd},vhost=off"
+            argv += ["-netdev", f"tap,id=net{i},fd={nic.fd},vhost=off"]
         elif nic.tap:
-            netdev = f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no,vhost=off"
-        else:
-            netdev = f"hubport,id=net{i},hubid={i}"
-        argv += ["-netdev", netdev,
-                 "-device", f"virtio-net-{bus},netdev=net{i},mac={nic.mac},host_mtu={nic.mtu}"]
+            argv += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no,vhost=off"]
+        netdev = f"netdev=net{i}," if nic.fd >= 0 or nic.tap else ""
+        argv += ["-device", f"virtio-net-{bus},{netdev}mac={nic.mac},host_mtu={nic.mtu}"]
     for i, share in enumerate(spec.shares):
         ro = ",readonly=on" if share.readonly else ""
         argv += ["-fsdev", f"local,id=fs{i},path={share.path},security_model=passthrough,multidevs=remap{ro}",

@@ -8,8 +8,8 @@ loaded from the saved state; after ``cont`` the agent carries on from the save, 
 request (``clone_resumed``) reseeds the guest's RNG, sets its clock and gives its NICs their MACs.
 
 What a clone may differ in from its template (the per-clone parts of the command line): its name,
-pid file, channels, console, the backends of its NIC slots (a template's are hub ports connected to
-nothing; a clone's are the container's taps, unused slots hub ports) and the host directories of its
+pid file, channels, console, the backends of its NIC slots (a template's are connected to nothing;
+a clone's are the container's taps, unused slots connected to nothing) and the host directories of its
 9p shares (a template never mounts them: QEMU blocks migration once the guest mounts 9p). Everything
 else is the template's *key*: QEMU binary, kernel, root image, accelerator, CPU model, machine and
 devices, memory and vCPUs, the protocol version. Templates are built on first need under a lock
@@ -35,10 +35,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import protocol
+from ..config import Config
 from ..errors import PellucidError, VMError
+from .assets import resolve
 from .machine import VM, BootTimeline, Hello
 from .qemu_args import Nic, Share, VMSpec, build_argv
 from .qmp import QMP
+from .size_class import SizeClass
+from .spec import make_spec
 
 RECIPE = "template-1"  # bump when how a template is made or resumed changes
 DEFAULT_DIR = "/dev/shm/pellucid-templates"  # tmpfs: the RAM files live in memory
@@ -92,7 +96,7 @@ def fits(spec: VMSpec, shape: Shape) -> str:
 # Pure builders: the template's and a clone's specs, and the command line they must share.
 
 def template_spec(spec: VMSpec, shape: Shape, ram_file: str, scratch: str) -> VMSpec:
-    """The template VM for ``spec``'s configuration: NIC slots on hub ports, 9p shares of an empty directory."""
+    """The template VM for ``spec``'s configuration: NIC slots connected to nothing, 9p shares of an empty directory."""
     return replace(spec, name="pellucid-template", memory_mib=shape.memory_mib, vcpus=shape.vcpus,
                    nics=tuple(Nic(mac=slot_mac(i), mtu=SLOT_MTU) for i in range(shape.nic_slots)),
                    shares=tuple(Share(tag, scratch) for tag in shape.share_tags),
@@ -100,7 +104,7 @@ def template_spec(spec: VMSpec, shape: Shape, ram_file: str, scratch: str) -> VM
 
 
 def clone_spec(spec: VMSpec, shape: Shape, ram_file: str) -> VMSpec:
-    """A clone for ``spec``: its NICs' backends in the template's slots (unused ones on hub ports),
+    """A clone for ``spec``: its NICs' backends in the template's slots (unused ones connected to nothing),
     the template's RAM mapped private, waiting for the saved state."""
     why = fits(spec, shape)
     if why:
@@ -422,3 +426,10 @@ def _qemu_version(qemu: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.splitlines()[0] if out else ""
+
+
+def class_spec(cfg: Config, accelerator: str, size: SizeClass, share_tags: tuple[str, ...]) -> VMSpec:
+    """The spec of a VM of one size class under this configuration (for building its template ahead)."""
+    assets = resolve(cfg)
+    return make_spec(cfg, assets, accelerator, shares=tuple(Share(tag, "") for tag in share_tags),
+                     vcpus=size.vcpus, memory_mib=size.memory_mib)

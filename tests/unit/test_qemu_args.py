@@ -132,7 +132,8 @@ def test_ram_in_a_file_shared_for_a_template_private_for_a_clone():
     assert not [a for a in build_argv(spec()) if "memory-backend=" in a or "ram0" in a]
 
 
-def test_a_nic_without_backend_is_a_hub_port_connected_to_nothing():
+def test_a_nic_without_backend_is_connected_to_nothing():
     argv = build_argv(spec(nics=(Nic(mac="02:70:6c:74:00:00"), Nic(mac="02:70:6c:74:00:01", tap="t1"))))
-    assert pairs(argv, "-netdev") == ["hubport,id=net0,hubid=0",
-                                      "tap,id=net1,ifname=t1,script=no,downscript=no,vhost=off"]
+    assert pairs(argv, "-netdev") == ["tap,id=net1,ifname=t1,script=no,downscript=no,vhost=off"]
+    assert pairs(argv, "-device")[-2:] == ["virtio-net-pci,mac=02:70:6c:74:00:00,host_mtu=1500",
+                                           "virtio-net-pci,netdev=net1,mac=02:70:6c:74:00:01,host_mtu=1500"]

@@ -34,9 +34,9 @@ def test_a_clone_has_the_templates_devices_in_the_same_order(machine, accel):
     clone = tpl.clone_spec(container, shape, "/t/ram")
     assert tpl.layout_argv(template) == tpl.layout_argv(clone)
     targv, cargv = build_argv(template), build_argv(clone)
-    # The template: RAM shared, NIC slot on a hub port, 9p of an empty directory, running at once.
+    # The template: RAM shared, NIC slot connected to nothing, 9p of an empty directory, running at once.
     assert f"memory-backend-file,id=ram0,mem-path=/t/ram,size=256M,share=on" in pairs(targv, "-object")
-    assert pairs(targv, "-netdev") == ["hubport,id=net0,hubid=0"]
+    assert pairs(targv, "-netdev") == []
     assert pairs(targv, "-fsdev")[0].startswith("local,id=fs0,path=/t/share,")
     assert "-incoming" not in targv
     # The clone: RAM private, the container's tap in the slot, its share, waiting for the state.
@@ -51,10 +51,12 @@ def test_a_clone_has_the_templates_devices_in_the_same_order(machine, accel):
     assert pairs(cargv, "-machine")[0].startswith(f"{machine},accel={accel},")
 
 
-def test_unused_nic_slots_are_hub_ports():
+def test_unused_nic_slots_are_connected_to_nothing():
     container = spec()
     clone = tpl.clone_spec(container, tpl.Shape(256, 1, nic_slots=2, share_tags=("sandbox",)), "/t/ram")
-    assert pairs(build_argv(clone), "-netdev") == ["hubport,id=net0,hubid=0", "hubport,id=net1,hubid=1"]
+    assert pairs(build_argv(clone), "-netdev") == []
+    assert [d for d in pairs(build_argv(clone), "-device") if d.startswith("virtio-net")] == [
+        "virtio-net-pci,mac=02:70:6c:74:00:00,host_mtu=1500", "virtio-net-pci,mac=02:70:6c:74:00:01,host_mtu=1500"]
 
 
 @pytest.mark.parametrize("change, why", [
