@@ -360,6 +360,7 @@ class Factory:
                 started = time.monotonic()
                 vm.start()
                 _restore(vm.monitor(), template.state, timeout)
+                restored = time.monotonic()
             finally:
                 _unlock(lock)
             assert vm.agent is not None
@@ -370,7 +371,10 @@ class Factory:
             except (VMError, OSError) as err:
                 raise VMError(f"the clone did not resume: {err}", vm.console()) from None
             vm.hello = Hello.parse(result)
-            vm.timeline = BootTimeline(kernel_ms=0.0, init_ms=0.0, agent_ms=(time.monotonic() - started) * 1000)
+            # A clone resumes past kernel entry and init: both stand for the moment its state was loaded.
+            restored_ms = (restored - started) * 1000
+            vm.timeline = BootTimeline(kernel_ms=restored_ms, init_ms=restored_ms,
+                                       agent_ms=(time.monotonic() - started) * 1000)
         except BaseException:
             vm.stop()
             raise
