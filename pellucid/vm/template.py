@@ -361,6 +361,8 @@ class Factory:
                 vm.start()
                 _restore(vm.monitor(), template.state, timeout)
                 restored = time.monotonic()
+            except (OSError, VMError) as err:
+                raise VMError(f"the clone did not start: {err}{_qemu_said(vm)}") from None
             finally:
                 _unlock(lock)
             assert vm.agent is not None
@@ -379,6 +381,17 @@ class Factory:
             vm.stop()
             raise
         return vm
+
+
+def _qemu_said(vm: VM) -> str:
+    try:
+        with open(vm.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 1000))
+            text = f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f"; QEMU said: {text}" if text else ""
 
 
 def _wait_migration(qmp: QMP, timeout: float) -> dict[str, Any]:
