@@ -311,7 +311,7 @@ class Factory:
                 state_bytes = _save(vm.monitor(), os.path.join(work, STATE), self.boot_timeout)
             finally:
                 vm.stop()
-            for name in (RAM, STATE):
+            for name in (RAM, STATE, "qemu.log"):
                 os.chmod(os.path.join(work, name), 0o600)
             manifest = {
                 "recipe": RECIPE, "key": key, "protocol": protocol.VERSION,
