@@ -92,6 +92,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
                 "make docker, containerd, crio or podman able to run pellucid (--default: as their default)"),
     "uninstall": ("install", "uninstall", ("client",), _UNINSTALL, False,
                   "take out of docker, containerd, crio or podman what `install` put in"),
+    "ksm": ("ksm", "ksm", (), {**_JSON, "--once": ("once", BOOL, False), "--restore": ("restore", BOOL, False),
+                               "--interval": ("interval", VALUE, "5")}, False,
+            "throttle the host's KSM for pellucid's VMs (a daemon; see contrib/systemd)"),
 }
 
 
@@ -191,8 +194,16 @@ def usage(command: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    log.guard_stdio()
     try:
-        args = parse(sys.argv[1:] if argv is None else argv)
+        return _run(sys.argv[1:] if argv is None else argv)
+    finally:
+        log.finish_stdout()
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        args = parse(argv)
     except UsageError as err:
         log.error(f"pellucid: {err}")
         return 2
@@ -209,6 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as err:  # writing the output to a broken stdout, among others
+        where = f"{err.filename}: " if err.filename else ""
+        log.error(f"pellucid: {where}{(err.strerror or str(err)).lower()}")
+        return 1
+    except Exception as err:  # a bug: still an error line in the log, and runc's exit status
+        import traceback
+        log.debug(traceback.format_exc())
+        log.error(f"pellucid: internal error: {type(err).__name__}: {err}")
+        return 1
 
 
 if __name__ == "__main__":

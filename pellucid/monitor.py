@@ -10,8 +10,6 @@ readiness (or the boot error) as one JSON line on the file descriptor given by -
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import selectors
 import signal
@@ -20,23 +18,22 @@ import sys
 import time
 from typing import Any
 
-from . import protocol, sockets
+from . import messages, protocol, sockets
 from .config import load as load_config
-from .errors import PellucidError
+from .errors import PellucidError, VMError
+from .host_messages import MonitorReady, Nic, VMDescription, VMInfo
 from .runtime import netns
-from .vm import accel
+from .vm import accel, qemu_args
 from .vm.assets import resolve
 from .vm.machine import VM
-from .vm.qemu_args import Nic, Share
 from .vm.spec import make_spec
 
 SOCKET = "monitor.sock"
 MAX_CLIENT_BUFFER = 16 << 20
 # Requests the monitor answers itself; the rest go to the agent.
-LOCAL_OPS = ("shutdown",)
-CREATING_OPS = ("create_container", "exec_process")
+LOCAL_OPS = (messages.Shutdown.OP,)
+CREATING_OPS = (messages.CreateContainer.OP, messages.ExecProcess.OP)
 DOCKER_DNS = ("127.0.0.11", 53)
-DNS_MAX = 4096
 
 
 class Conn:
@@ -50,8 +47,12 @@ class Conn:
 class Monitor:
     def __init__(self, vm_dir: str) -> None:
         self.vm_dir = vm_dir
-        with open(os.path.join(vm_dir, "vm.json")) as f:
-            self.desc: dict[str, Any] = json.load(f)
+        path = os.path.join(vm_dir, "vm.json")
+        try:
+            with open(path, "rb") as f:
+                self.desc = VMDescription.from_json(f.read())
+        except ValueError as err:
+            raise VMError(f"{path}: {err}") from err
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
         self.pending: dict[int, tuple[Conn | None, int, str]] = {}  # agent id -> (conn, client id, op)
@@ -59,7 +60,7 @@ class Monitor:
         self.owners: dict[int, Conn] = {}  # process number -> connection that created it
         self.next_id = 1
         self.vm: VM | None = None
-        self.info: dict[str, Any] = {}
+        self.info = VMInfo()
         self.running = True
         self.agent_reader: protocol.FrameReader | None = None
         self.agent_out = bytearray()
@@ -68,16 +69,16 @@ class Monitor:
     # Boot.
 
     def boot(self) -> None:
-        cfg = load_config(self.desc.get("config") or None)
+        desc = self.desc
+        cfg = load_config(desc.config or None)
         assets = resolve(cfg)
         accelerator, _ = accel.choose(cfg, assets, os.path.dirname(self.vm_dir.rstrip("/")))
-        shares = tuple(Share(s["tag"], s["path"]) for s in self.desc.get("shares", []))
-        net = self.desc.get("network") or {"nics": [], "routes": []}
-        nics = tuple(self._nic(n) for n in net["nics"])
+        shares = tuple(qemu_args.Share(s.tag, s.path) for s in desc.shares)
+        net = desc.network
+        nics = tuple(self._nic(n) for n in net.nics)
         console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
-        spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{self.desc['id']}", console_file=console,
-                         shares=shares, nics=nics, vcpus=self.desc.get("vcpus"),
-                         memory_mib=self.desc.get("memory_mib"))
+        spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{desc.id}", console_file=console,
+                         shares=shares, nics=nics, vcpus=desc.vcpus or None, memory_mib=desc.memory_mib or None)
         self.vm = VM(spec, self.vm_dir)
         self.vm.start()
         hello = self.vm.handshake(cfg.hypervisor.boot_timeout)
@@ -85,24 +86,21 @@ class Monitor:
         for fd in self._tap_fds:
             os.close(fd)
         for share in shares:
-            self.vm.agent.call("mount_share", {"tag": share.tag}, timeout=cfg.hypervisor.boot_timeout)
-        if net["nics"]:
-            self.vm.agent.call("configure_network", {
-                "nics": [{k: n[k] for k in ("name", "mac", "mtu", "addresses")} for n in net["nics"]],
-                "routes": net["routes"], "dns_relay": bool(net.get("dns_relay"))},
-                timeout=cfg.hypervisor.boot_timeout)
-        self.info = {"accelerator": accelerator, "machine": spec.machine, "guest_kernel": hello.kernel,
-                     "boot_id": hello.boot_id, "rootfs_dax": hello.rootfs_dax,
-                     "boot_ms": round(self.vm.timeline.agent_ms), "qemu_pid": self.vm.proc.pid,
-                     "vcpus": spec.vcpus, "memory_mib": spec.memory_mib}
+            self.vm.agent.call(messages.MountShare(share.tag), timeout=cfg.hypervisor.boot_timeout)
+        if net.nics:
+            self.vm.agent.call(net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
+        self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
+                           boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
+                           boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
+                           vcpus=spec.vcpus, memory_mib=spec.memory_mib)
 
-    def _nic(self, nic: dict[str, Any]) -> Nic:
+    def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""
-        if nic.get("device"):
-            fd = os.open(nic["device"], os.O_RDWR)
+        if nic.device:
+            fd = os.open(nic.device, os.O_RDWR)
             self._tap_fds.append(fd)
-            return Nic(mac=nic["mac"], fd=fd, mtu=nic["mtu"])
-        return Nic(mac=nic["mac"], tap=nic["tap"], mtu=nic["mtu"])
+            return qemu_args.Nic(mac=nic.mac, fd=fd, mtu=nic.mtu)
+        return qemu_args.Nic(mac=nic.mac, tap=nic.tap, mtu=nic.mtu)
 
     # Serving.
 
@@ -197,8 +195,7 @@ class Monitor:
             return
         if frame.kind != protocol.REQUEST:
             return
-        msg = frame.json()
-        op = protocol.field(msg, "op", str, max_len=64)
+        op = protocol.field(frame.json(), "op", str, max_len=64)
         if op in LOCAL_OPS:
             self._local(conn, frame.id, op)
             return
@@ -211,7 +208,7 @@ class Monitor:
         return agent_id
 
     def _local(self, conn: Conn, id: int, op: str) -> None:
-        if op == "shutdown":
+        if op == messages.Shutdown.OP:
             self.running = False
             self._send(conn, protocol.response_ok(id))
             self._flush(conn)
@@ -264,9 +261,8 @@ class Monitor:
             if conn is None:
                 return  # the monitor's own request (a DNS reply): nothing to route
             if op in CREATING_OPS:
-                result = frame.json().get("result")
-                number = result.get("process") if isinstance(result, dict) else None
-                if isinstance(number, int) and not isinstance(number, bool):
+                number = _created_process(frame)
+                if number is not None:
                     self.owners[number] = conn
                     conn.processes.add(number)
             self._send(conn, protocol.encode(protocol.RESPONSE, client_id, frame.payload))
@@ -276,46 +272,43 @@ class Monitor:
             if owner is not None:
                 self._send(owner, protocol.stream(frame.id, frame.payload))
         elif frame.kind == protocol.EVENT:
-            event = frame.json()
-            if event.get("event") == "dns_query":
+            event = messages.read_event(frame.json())  # an invalid one stops the VM, as a bad frame does
+            if isinstance(event, messages.DnsQuery):
                 self._dns_query(event)
-                return
-            number = event.get("process")
-            owner = self.owners.get(number) if isinstance(number, int) else None
-            if owner is not None:
-                self._send(owner, protocol.encode(protocol.EVENT, 0, frame.payload))
+            elif isinstance(event, messages.Exit):
+                owner = self.owners.get(event.process)
+                if owner is not None:
+                    self._send(owner, protocol.encode(protocol.EVENT, 0, frame.payload))
 
     # Docker's embedded DNS, asked in the container's namespace on the guest's behalf.
 
-    def _dns_query(self, event: dict[str, Any]) -> None:
-        qid, data = event.get("query"), event.get("data")
-        if not isinstance(qid, int) or not isinstance(data, str) or len(data) > DNS_MAX * 2 or len(self.dns) >= 256:
+    def _dns_query(self, query: messages.DnsQuery) -> None:
+        if len(self.dns) >= 256:
             return
         try:
-            raw = base64.b64decode(data, validate=True)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-        except (ValueError, OSError):
+        except OSError:
             return
         try:
             sock.connect(DOCKER_DNS)
-            sock.send(raw)
+            sock.send(query.data)
         except OSError:
             sock.close()
             return
-        self.dns[sock.fileno()] = (sock, qid, time.monotonic())
+        self.dns[sock.fileno()] = (sock, query.query, time.monotonic())
         self.selector.register(sock, selectors.EVENT_READ, lambda mask, s=sock: self._dns_answer(s))
 
     def _dns_answer(self, sock: socket.socket) -> None:
         _, qid, _ = self.dns.pop(sock.fileno())
         self.selector.unregister(sock)
         try:
-            answer = sock.recv(DNS_MAX)
+            answer = sock.recv(messages.MAX_DNS)
         except OSError:
             answer = b""
         sock.close()
         if answer:
-            args = {"query": qid, "data": base64.b64encode(answer).decode()}
-            self._send_agent(protocol.request(self._agent_id(None, 0, "dns_reply"), "dns_reply", args))
+            reply = messages.DnsReply(query=qid, data=answer)
+            self._send_agent(reply.encode(self._agent_id(None, 0, reply.OP)))
 
     def _expire_dns(self) -> None:
         now = time.monotonic()
@@ -332,6 +325,15 @@ class Monitor:
             self.vm.stop()
 
 
+def _created_process(frame: protocol.Frame) -> int | None:
+    """The process number a successful create_container or exec_process response carries."""
+    try:
+        msg = frame.json()
+        return messages.ProcessResult.from_json(msg.get("result")).process if msg.get("ok") is True else None
+    except protocol.ProtocolError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pellucid-monitor")
     p.add_argument("vm_dir")
@@ -340,25 +342,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    with open(os.path.join(args.vm_dir, "monitor.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    monitor = Monitor(args.vm_dir)
     ready = os.fdopen(args.ready_fd, "w")
+    try:
+        monitor = Monitor(args.vm_dir)
+    except (PellucidError, OSError) as err:
+        ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
+        ready.close()
+        return 1
     path = os.path.join(args.vm_dir, SOCKET)
     try:
         try:
-            if monitor.desc.get("netns"):
-                netns.enter(monitor.desc["netns"])  # QEMU and its taps live in the container's namespace
+            if monitor.desc.netns:
+                netns.enter(monitor.desc.netns)  # QEMU and its taps live in the container's namespace
             monitor.boot()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sockets.bind(listener, path)
             os.chmod(path, 0o600)
             listener.listen(64)
         except (PellucidError, OSError) as err:
-            ready.write(json.dumps({"ok": False, "error": str(err)}) + "\n")
+            ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
             ready.close()
             return 1
-        ready.write(json.dumps({"ok": True, "info": monitor.info}) + "\n")
+        ready.write(MonitorReady(ok=True, info=monitor.info).to_json() + "\n")
         ready.close()
         monitor.serve(listener)
         return 0

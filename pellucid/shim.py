@@ -12,7 +12,6 @@ the process and the terminal set-up.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import selectors
 import signal
@@ -23,8 +22,9 @@ import threading
 import tty
 from typing import Any
 
-from . import protocol, sockets
-from .vm.agent_client import parse_response
+from . import messages, protocol, sockets
+from .host_messages import ShimReady, ShimRequest
+from .vm.agent_client import parse_result
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP, signal.SIGALRM)
@@ -32,9 +32,9 @@ VM_GONE_STATUS = 137  # the VM died under the process: report it as killed
 
 
 class Shim:
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, request: ShimRequest) -> None:
         self.request = request
-        self.sock = sockets.connect(request["monitor"], timeout=60)
+        self.sock = sockets.connect(request.monitor, timeout=60)
         self.send_lock = threading.Lock()
         self.reader = protocol.FrameReader()
         self.process = 0
@@ -51,7 +51,7 @@ class Shim:
     def setup_terminal(self) -> None:
         """With --console-socket: a new pty whose master goes to the caller, as runc does. With a
         terminal but no socket (an interactive `exec -t` or `run -t`): our own tty."""
-        console_socket = self.request.get("console_socket")
+        console_socket = self.request.console_socket
         if console_socket:
             master, slave = os.openpty()
             tty.setraw(slave)  # the guest's pty does the line discipline; this one passes bytes through
@@ -69,15 +69,17 @@ class Shim:
             out = self.term_fd if console_socket else 1
             self.out_fds = {protocol.STDOUT: out, protocol.STDERR: out}
 
-    def call(self, op: str, args: dict[str, Any]) -> Any:
-        self.send(protocol.request(1, op, args))
+    def create(self, request: messages.CreateContainer | messages.ExecProcess) -> messages.ProcessResult:
+        """Send the request that creates our process; its answer names the process."""
+        self.send(request.encode(1))
         while True:
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("the VM monitor closed the connection")
             for frame in self.reader.feed(data):
                 if frame.kind == protocol.RESPONSE and frame.id == 1:
-                    return parse_response(frame)
+                    result: messages.ProcessResult = parse_result(frame, messages.ProcessResult)
+                    return result
 
     def window_size(self) -> tuple[int, int]:
         assert self.term_fd is not None
@@ -89,11 +91,11 @@ class Shim:
             return
         rows, cols = self.window_size()
         if rows and cols:
-            self.send(protocol.request(2, "resize", {"process": self.process, "rows": rows, "cols": cols}))
+            self.send(messages.Resize(self.process, rows, cols).encode(2))
 
     def forward(self, signum: int) -> None:
         if self.process:
-            self.send(protocol.request(3, "signal_process", {"process": self.process, "signal": int(signum)}))
+            self.send(messages.SignalProcess(self.process, int(signum)).encode(3))
 
     def pump_stdin(self) -> None:
         """Blocking reads in a thread: stdin may be a pipe, a FIFO, a file or a terminal."""
@@ -131,8 +133,7 @@ class Shim:
         for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH):
             signal.signal(sig, lambda *_: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        if self.request.get("stdin", True):
-            threading.Thread(target=self.pump_stdin, daemon=True).start()
+        threading.Thread(target=self.pump_stdin, daemon=True).start()
         self.resize()
         sel = selectors.DefaultSelector()
         self.sock.setblocking(True)
@@ -161,14 +162,25 @@ class Shim:
             if number == self.process:
                 self.write_out(fd, frame.payload)
         elif frame.kind == protocol.EVENT:
-            event = frame.json()
-            status = event.get("status")
-            if event.get("event") == "exit" and event.get("process") == self.process and isinstance(status, int):
-                self.status = status & 0xFF
+            try:
+                event = messages.read_event(frame.json())
+            except protocol.ProtocolError:
+                return  # the monitor passes on checked exit events only
+            if isinstance(event, messages.Exit) and event.process == self.process:
+                self.status = event.status
 
     def restore_terminal(self) -> None:
         if self.term_saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, self.term_saved)
+
+
+def creating_request(op: str, args: dict[str, Any]) -> messages.CreateContainer | messages.ExecProcess:
+    """The request the runtime gave the shim, checked before it goes to the guest."""
+    if op == messages.CreateContainer.OP:
+        return messages.CreateContainer.from_json(args)
+    if op == messages.ExecProcess.OP:
+        return messages.ExecProcess.from_json(args)
+    raise protocol.ProtocolError(f"a shim creates a process; {op[:64]!r} does not")
 
 
 def main(argv: list[str]) -> int:
@@ -180,20 +192,20 @@ def main(argv: list[str]) -> int:
     ready = os.fdopen(ready_fd, "w")
     if not raw:
         return 1  # the runtime gave up before sending a request
-    request = json.loads(raw)
     shim = None
     try:
+        request = ShimRequest.from_json(raw)
         shim = Shim(request)
         shim.setup_terminal()
-        result = shim.call(request["op"], request["args"])
-        shim.process = result["process"]
+        result = shim.create(creating_request(request.op, request.args))
+        shim.process = result.process
     except Exception as err:  # reported to the runtime command, which fails with it
-        ready.write(json.dumps({"ok": False, "error": str(err)}) + "\n")
+        ready.write(ShimReady(ok=False, error=str(err)).to_json() + "\n")
         ready.close()
         if shim is not None:
             shim.restore_terminal()
         return 1
-    ready.write(json.dumps({"ok": True, "process": shim.process, "guest_pid": result.get("pid")}) + "\n")
+    ready.write(ShimReady(ok=True, process=shim.process, guest_pid=result.pid).to_json() + "\n")
     ready.close()
     try:
         return shim.relay()

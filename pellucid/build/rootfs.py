@@ -47,7 +47,7 @@ INIT = f"""#!/usr/bin/{PYTHON} -IS
 # pellucid guest init: the agent is PID 1.
 import sys
 sys.path.insert(0, "/usr/lib/pellucid")
-from pellucid.guest.agent import main
+from pellucid.guest.main import main
 main()
 """
 
@@ -55,7 +55,8 @@ main()
 def agent_sources() -> list[Path]:
     """The files of the pellucid package that go into the guest: the protocol and the guest code."""
     pkg = Path(__file__).resolve().parent.parent
-    return [pkg / "__init__.py", pkg / "protocol.py", pkg / "linux.py", *sorted((pkg / "guest").glob("*.py"))]
+    return [pkg / "__init__.py", pkg / "protocol.py", pkg / "messages.py", pkg / "linux.py",
+            *sorted((pkg / "guest").glob("*.py"))]
 
 
 def candidate_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:

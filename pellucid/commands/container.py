@@ -8,7 +8,7 @@ import sys
 import time
 
 from ..errors import ContainerError
-from ..state import Store
+from ..store import Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def run(args: Args) -> int:
         raise
     if args.detach:
         return 0
-    code = shim.proc.wait()
+    code = shim.wait()
     if not args.keep:
         lifecycle.delete(store, args.id, force=True)
     return code
@@ -120,7 +120,7 @@ def exec_(args: Args) -> int:
         process["terminal"] = True
     shim = exec_process(store, args.id, process, pid_file=args.pid_file,
                                   console_socket=args.console_socket, detach=args.detach)
-    return 0 if args.detach else shim.proc.wait()
+    return 0 if args.detach else shim.wait()
 
 
 def ps(args: Args) -> int:

@@ -16,7 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing import at run time: see protocol.py
     from typing import Any, Callable
 
-from .. import protocol
+from .. import messages, protocol
 from . import boot
 
 PORTS_DIR = "/sys/class/virtio-ports"
@@ -55,16 +55,18 @@ class Agent:
         self.selector = selectors.DefaultSelector()
         self.reader = protocol.FrameReader()
         self.out = bytearray()
-        self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {"hello": self.hello, "ping": self.ping}
+        # op -> (its request record, the handler that takes that record and returns the result record)
+        self.handlers: dict[str, tuple[type[messages.Request], Callable[[Any], messages.Record | None]]] = {}
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
         self.child_handlers: dict[int, Callable[[int], None]] = {}
         self.on_tick: list[Callable[[], None]] = []
         self.selector.register(fd, selectors.EVENT_READ, self._on_channel)
-        self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
+        self.handle(messages.Hello, self.hello)
+        self.handle(messages.Ping, self.ping)
+
+    def handle(self, request: type[messages.Request], handler: Callable[[Any], messages.Record | None]) -> None:
+        """Serve ``request`` with ``handler``, which gets the request record, checked."""
+        self.handlers[request.OP] = (request, handler)
 
     # Sending.
 
@@ -72,12 +74,16 @@ class Agent:
         self.out += data
         self.selector.modify(self.fd, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_channel)
 
-    def emit(self, name: str, **fields: Any) -> None:
-        self.send(protocol.event(name, **fields))
+    def emit(self, event: messages.Event) -> None:
+        self.send(event.encode())
 
     # The loop.
 
     def run(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(wake_r, selectors.EVENT_READ, lambda mask: self._on_signal(wake_r))
         # Children are reaped only here, never while a handler waits for its own subprocess.
         while True:
             for key, mask in self.selector.select(TICK_SECONDS if self.on_tick else None):
@@ -123,25 +129,24 @@ class Agent:
         if frame.kind != protocol.REQUEST:
             return
         try:
-            msg = frame.json()
-            op = protocol.field(msg, "op", str, max_len=64)
-            args = protocol.field(msg, "args", dict, optional=True, default={}, max_len=1 << 20)
-            handler = self.handlers.get(op)
-            if handler is None:
-                raise AgentError("unsupported", f"unknown operation {op!r}")
-            result = handler(args)
+            op, args = messages.read_request(frame.json())
+            entry = self.handlers.get(op)
+            if entry is None:
+                raise AgentError(messages.ERR_UNSUPPORTED, f"unknown operation {op!r}")
+            request, handler = entry
+            result = handler(request.from_json(args))
         except AgentError as err:
-            self.send(protocol.response_error(frame.id, err.kind, str(err)))
+            self.send(messages.Error(err.kind, str(err)).encode(frame.id))
         except protocol.ProtocolError as err:
-            self.send(protocol.response_error(frame.id, "invalid", str(err)))
+            self.send(messages.Error(messages.ERR_INVALID, str(err)).encode(frame.id))
         except OSError as err:
-            self.send(protocol.response_error(frame.id, "os", str(err)))
+            self.send(messages.Error(messages.ERR_OS, str(err)).encode(frame.id))
         else:
-            self.send(protocol.response_ok(frame.id, result))
+            self.send(messages.ok(frame.id, result))
 
-    def _on_signal(self, mask: int) -> None:
+    def _on_signal(self, wake_r: int) -> None:
         try:
-            os.read(self._wake_r, 4096)
+            os.read(wake_r, 4096)
         except BlockingIOError:
             pass
         self.reap()
@@ -160,48 +165,28 @@ class Agent:
 
     # Requests.
 
-    def hello(self, args: dict[str, Any]) -> dict[str, Any]:
-        version = protocol.field(args, "version", int)
-        if version != protocol.VERSION:
-            raise AgentError("version", f"host speaks protocol {version}, agent {protocol.VERSION}")
-        host_time = protocol.field(args, "time_ns", int, optional=True)
-        if host_time is not None:
-            time.clock_settime_ns(time.CLOCK_REALTIME, host_time)
-        if protocol.field(args, "template", bool, optional=True, default=False):
+    def hello(self, request: messages.Hello) -> messages.HelloResult:
+        if request.version != protocol.VERSION:
+            raise AgentError(messages.ERR_VERSION, f"host speaks protocol {request.version}, agent {protocol.VERSION}")
+        if request.time_ns is not None:
+            time.clock_settime_ns(time.CLOCK_REALTIME, request.time_ns)
+        if request.template:
             # A template is saved after this answer and cloned: the kernel makes the boot id at its first
             # read, so it is read in each clone (clone_resumed), never here.
             from . import clone
             clone.warm_up()
-            boot_id = ""
-        else:
-            boot_id = read_boot_id()
-        return {
-            "version": protocol.VERSION,
-            "kernel": os.uname().release,
-            "boot_id": boot_id,
-            "rootfs_dax": boot.root_is_dax(),
-            "init_ms": self.started_ms,
-            "uptime_ms": boot.uptime_ms(),
-        }
+            return self.hello_result(boot_id="")
+        return self.hello_result(boot_id=read_boot_id())
 
-    def ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"uptime_ms": boot.uptime_ms()}
+    def hello_result(self, boot_id: str) -> messages.HelloResult:
+        return messages.HelloResult(version=protocol.VERSION, kernel=os.uname().release, boot_id=boot_id,
+                                    rootfs_dax=boot.root_is_dax(), init_ms=self.started_ms,
+                                    uptime_ms=boot.uptime_ms())
+
+    def ping(self, request: messages.Ping) -> messages.PingResult:
+        return messages.PingResult(uptime_ms=boot.uptime_ms())
 
 
 def read_boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id") as f:
         return f.read().strip()
-
-
-def main() -> None:
-    started_ms = boot.uptime_ms()
-    boot.mount_base()
-    fd = os.open(find_port(protocol.AGENT_PORT_NAME), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    agent = Agent(fd, started_ms)
-    from . import clone, network
-    from .containers import Containers
-    network.loopback_up()
-    agent.handlers["configure_network"] = lambda args: network.configure(agent, args)
-    agent.handlers["clone_resumed"] = lambda args: clone.resumed(agent, args)
-    Containers(agent)
-    agent.run()

@@ -37,25 +37,21 @@ import os
 import struct
 import sys
 import time
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # no typing import at run time: see protocol.py
-    from typing import Any
 
-from .. import protocol
-from . import boot
+from .. import messages
 from .agent import Agent, AgentError, read_boot_id
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
-MIN_ENTROPY, MAX_ENTROPY = 32, 512
 SYS_NET = "/sys/class/net"
 
 
 def warm_up() -> None:
     """Import now what the agent would import on first use, so that every clone has it in memory."""
-    import ipaddress  # noqa: F401
+    import binascii  # noqa: F401  (bytes fields: clone_resumed's entropy, the DNS relay)
     import random  # noqa: F401  (seeded at import: reseeded in each clone)
-    from . import dns, network  # noqa: F401
+    import socket  # noqa: F401  (addresses are checked with inet_pton)
+    from . import dns, netlink, network  # noqa: F401
 
 
 def reseed(entropy: bytes) -> None:
@@ -74,7 +70,8 @@ def reseed(entropy: bytes) -> None:
         tempfile._name_sequence = None  # type: ignore[attr-defined]  # made again, seeded afresh, on next use
 
 
-def _set_macs(pairs: list[Any]) -> None:
+def _set_macs(nics: list[messages.NicSlot]) -> None:
+    """Give each NIC in a template's slot (found by the slot's MAC) the container's MAC."""
     from .netlink import Netlink
     by_mac = {}
     for name in os.listdir(SYS_NET):
@@ -85,45 +82,22 @@ def _set_macs(pairs: list[Any]) -> None:
                 by_mac[mac] = int(f.read())
         except (OSError, ValueError):
             continue
+    missing = [nic.slot_mac for nic in nics if nic.slot_mac.lower() not in by_mac]
+    if missing:
+        raise AgentError(messages.ERR_NOT_FOUND, f"no NIC slot with MAC {missing[0]} in the VM")
     nl = Netlink()
     try:
-        for pair in pairs:
-            if not isinstance(pair, dict):
-                raise AgentError("invalid", "a nic is not an object")
-            slot = protocol.field(pair, "slot_mac", str, max_len=17).lower()
-            mac = protocol.field(pair, "mac", str, max_len=17)
-            try:
-                raw = bytes.fromhex(mac.replace(":", ""))
-            except ValueError:
-                raw = b""
-            if len(raw) != 6:
-                raise AgentError("invalid", f"invalid MAC {mac!r}")
-            if slot not in by_mac:
-                raise AgentError("not_found", f"no NIC slot with MAC {slot} in the VM")
-            nl.set_link(by_mac[slot], mac=raw)
+        for nic in nics:
+            nl.set_link(by_mac[nic.slot_mac.lower()], mac=bytes.fromhex(nic.mac.replace(":", "")))
     except OSError as err:
-        raise AgentError("network", f"setting a NIC's MAC: {err}") from None
+        raise AgentError(messages.ERR_NETWORK, f"setting a NIC's MAC: {err}") from None
     finally:
         nl.close()
 
 
-def resumed(agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+def resumed(agent: Agent, request: messages.CloneResumed) -> messages.HelloResult:
     """The first request a clone serves: reseed, clock, MACs; then the clone's own boot id."""
-    entropy_hex = protocol.field(args, "entropy", str, max_len=2 * MAX_ENTROPY)
-    try:
-        entropy = bytes.fromhex(entropy_hex)
-    except ValueError:
-        raise AgentError("invalid", "entropy is not hex") from None
-    if len(entropy) < MIN_ENTROPY:
-        raise AgentError("invalid", f"at least {MIN_ENTROPY} bytes of entropy are needed")
-    reseed(entropy)
-    time.clock_settime_ns(time.CLOCK_REALTIME, protocol.field(args, "time_ns", int))
-    _set_macs(protocol.field(args, "nics", list, optional=True, default=[], max_len=64))
-    return {
-        "version": protocol.VERSION,
-        "kernel": os.uname().release,
-        "boot_id": read_boot_id(),
-        "rootfs_dax": boot.root_is_dax(),
-        "init_ms": agent.started_ms,
-        "uptime_ms": boot.uptime_ms(),
-    }
+    reseed(request.entropy)
+    time.clock_settime_ns(time.CLOCK_REALTIME, request.time_ns)
+    _set_macs(request.nics)
+    return agent.hello_result(boot_id=read_boot_id())

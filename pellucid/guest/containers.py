@@ -17,42 +17,27 @@ import struct
 import subprocess
 import termios
 import time
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # no typing import at run time: see protocol.py
-    from typing import Any
 
-from .. import protocol
-from .. import linux
+from .. import linux, messages, protocol
 from .agent import Agent, AgentError
 
 CRUN = "/usr/bin/crun"
 CRUN_ROOT = "/run/crun"
-BUNDLES = "/run/pellucid/bundles"
+BUNDLES = messages.GUEST_BUNDLES
 CGROUP_ROOT = "/sys/fs/cgroup"
 OUT_HIGH_WATER = 4 << 20  # stop reading container output while this much waits for the host
 EXIT_DRAIN_SECONDS = 2.0  # how long an exit waits for output still buffered in its pipes
 
 
-def _ident(args: dict[str, Any], name: str = "id") -> str:
-    value = protocol.field(args, name, str, max_len=1024)
-    if not value or "/" in value or value in (".", "..") or "\0" in value:
-        raise AgentError("invalid", f"invalid {name} {value!r}")
-    return value
-
-
-def set_net_sysctls(values: dict[str, Any]) -> None:
-    """The container's net.* sysctls, on the VM's network namespace (which is the container's)."""
+def set_net_sysctls(values: dict[str, str]) -> None:
+    """The container's net.* sysctls (names checked by the request), on the VM's network namespace
+    (which is the container's)."""
     for key, value in values.items():
-        parts = key.split(".")
-        if parts[0] != "net" or not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
-            raise AgentError("invalid", f"invalid sysctl {key!r}")
-        if not isinstance(value, str) or len(value) > 256:
-            raise AgentError("invalid", f"invalid value for sysctl {key}")
         try:
-            with open("/proc/sys/" + "/".join(parts), "w") as f:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
                 f.write(value)
         except OSError as err:
-            raise AgentError("sysctl", f"sysctl {key}: {err.strerror}") from None
+            raise AgentError(messages.ERR_SYSCTL, f"sysctl {key}: {err.strerror}") from err
 
 
 class Process:
@@ -79,12 +64,14 @@ class Containers:
         self._next = 1
         self._throttled: list[int] = []
         os.makedirs(BUNDLES, exist_ok=True)
-        agent.handlers.update({
-            "create_container": self.create, "start_container": self.start, "exec_process": self.exec,
-            "signal_process": self.signal, "resize": self.resize, "pause_container": self.pause,
-            "resume_container": self.resume, "delete_container": self.delete, "ps": self.ps,
-            "stats": self.stats, "update_container": self.update, "mount_share": self.mount_share,
-        })
+        for request, handler in (
+                (messages.CreateContainer, self.create), (messages.StartContainer, self.start),
+                (messages.ExecProcess, self.exec), (messages.SignalProcess, self.signal),
+                (messages.Resize, self.resize), (messages.PauseContainer, self.pause),
+                (messages.ResumeContainer, self.resume), (messages.DeleteContainer, self.delete),
+                (messages.Ps, self.ps), (messages.Stats, self.stats), (messages.UpdateContainer, self.update),
+                (messages.MountShare, self.mount_share)):
+            agent.handle(request, handler)
         agent.on_tick.append(self._tick)
 
     # crun.
@@ -92,7 +79,7 @@ class Containers:
     def _crun(self, *args: str, stdio: tuple[int, int, int] | None = None, timeout: float = 60.0,
               console: socket.socket | None = None) -> tuple[subprocess.Popen, int | None]:
         """Run crun; with ``console``, receive the pty master crun sends on it. Returns crun and that fd."""
-        log = f"/run/pellucid/crun-{os.getpid()}-{time.monotonic_ns()}.log"
+        log = f"{messages.GUEST_RUN}/crun-{os.getpid()}-{time.monotonic_ns()}.log"
         argv = [CRUN, f"--root={CRUN_ROOT}", f"--log=file:{log}", "--log-format=json", *args]
         if stdio is None:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -119,7 +106,7 @@ class Containers:
         if proc.returncode != 0:
             if master is not None:
                 os.close(master)
-            raise AgentError("crun", message or f"crun {args[0]} failed with status {proc.returncode}")
+            raise AgentError(messages.ERR_CRUN, message or f"crun {args[0]} failed with status {proc.returncode}")
         return proc, master
 
     @staticmethod
@@ -148,7 +135,7 @@ class Containers:
     def _crun_output(self, *args: str) -> str:
         proc = subprocess.run([CRUN, f"--root={CRUN_ROOT}", *args], capture_output=True, timeout=30)
         if proc.returncode != 0:
-            raise AgentError("crun", proc.stderr.decode(errors="replace").strip()[:4000])
+            raise AgentError(messages.ERR_CRUN, proc.stderr.decode(errors="replace").strip()[:4000])
         return proc.stdout.decode(errors="replace")
 
     # Processes and their stdio.
@@ -166,7 +153,7 @@ class Containers:
         child_fds: list[int] = []
         try:
             if proc.tty:
-                sock_path = f"/run/pellucid/console-{proc.number}.sock"
+                sock_path = f"{messages.GUEST_RUN}/console-{proc.number}.sock"
                 console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 console.bind(sock_path)
                 console.listen(1)
@@ -175,7 +162,7 @@ class Containers:
                 child_fds = [devnull]
                 _, master = self._crun(*args, stdio=(devnull, devnull, devnull), console=console)
                 if master is None:
-                    raise AgentError("crun", "crun sent no terminal")
+                    raise AgentError(messages.ERR_CRUN, "crun sent no terminal")
                 os.set_blocking(master, False)
                 proc.stdin = master
                 proc.outputs = {master: protocol.STDOUT}
@@ -281,7 +268,7 @@ class Containers:
             os.close(proc.stdin)
         proc.stdin = None
         self.agent.stream_handlers.pop(protocol.stream_id(proc.number, protocol.STDIN), None)
-        self.agent.emit("exit", process=proc.number, container=proc.container, status=proc.status)
+        self.agent.emit(messages.Exit(process=proc.number, container=proc.container, status=proc.status))
 
     def _tick(self) -> None:
         if self._throttled and len(self.agent.out) < OUT_HIGH_WATER // 2:
@@ -295,36 +282,31 @@ class Containers:
                 self._flush_stdin(proc)
             self._maybe_report(proc)
 
-    def _process(self, args: dict[str, Any]) -> Process:
-        number = protocol.field(args, "process", int)
+    def _process(self, number: int) -> Process:
         proc = self.processes.get(number)
         if proc is None:
-            raise AgentError("not_found", f"no process {number}")
+            raise AgentError(messages.ERR_NOT_FOUND, f"no process {number}")
         return proc
 
     # Requests.
 
-    def mount_share(self, args: dict[str, Any]) -> None:
-        """Mount a 9p share of the host at /run/pellucid/shared/<tag>."""
-        tag = _ident(args, "tag")
-        target = f"/run/pellucid/shared/{tag}"
+    def mount_share(self, request: messages.MountShare) -> None:
+        target = messages.share_mount_point(request.tag)
         os.makedirs(target, exist_ok=True)
         if not os.path.ismount(target):
-            linux.mount(tag, target, "9p", linux.MS_NODEV,
+            linux.mount(request.tag, target, "9p", linux.MS_NODEV,
                         "trans=virtio,version=9p2000.L,msize=262144,cache=mmap,posixacl")
 
-    def create(self, args: dict[str, Any]) -> dict[str, Any]:
-        cid = _ident(args)
+    def create(self, request: messages.CreateContainer) -> messages.ProcessResult:
+        cid = request.id
         if cid in self.inits:
-            raise AgentError("exists", f"container {cid} exists")
-        config = protocol.field(args, "config", dict, max_len=1 << 20)
-        tty = protocol.field(args, "tty", bool, optional=True, default=False)
-        set_net_sysctls(protocol.field(args, "net_sysctls", dict, optional=True, default={}, max_len=256))
+            raise AgentError(messages.ERR_EXISTS, f"container {cid} exists")
+        set_net_sysctls(request.net_sysctls)
         bundle = f"{BUNDLES}/{cid}"
         os.makedirs(bundle, exist_ok=True)
         with open(f"{bundle}/config.json", "w") as f:
-            json.dump(config, f)
-        proc = self._new_process(cid, tty)
+            json.dump(request.config, f)
+        proc = self._new_process(cid, request.tty)
         pid_file = f"{bundle}/init.pid"
         try:
             self._spawn(proc, ["create", f"--bundle={bundle}", f"--pid-file={pid_file}", cid], pid_file)
@@ -333,21 +315,20 @@ class Containers:
             shutil.rmtree(bundle, ignore_errors=True)
             raise
         self.inits[cid] = proc.number
-        return {"process": proc.number, "pid": proc.pid}
+        return messages.ProcessResult(process=proc.number, pid=proc.pid)
 
-    def start(self, args: dict[str, Any]) -> None:
-        self._crun("start", _ident(args))
+    def start(self, request: messages.StartContainer) -> None:
+        self._crun("start", request.id)
 
-    def exec(self, args: dict[str, Any]) -> dict[str, Any]:
-        cid = _ident(args)
+    def exec(self, request: messages.ExecProcess) -> messages.ProcessResult:
+        cid = request.id
         if cid not in self.inits:
-            raise AgentError("not_found", f"container {cid} does not exist")
-        process = protocol.field(args, "process_spec", dict, max_len=1 << 20)
-        tty = bool(process.get("terminal", False))
+            raise AgentError(messages.ERR_NOT_FOUND, f"container {cid} does not exist")
+        tty = bool(request.process_spec.get("terminal", False))
         proc = self._new_process(cid, tty)
         spec = f"{BUNDLES}/{cid}/exec-{proc.number}.json"
         with open(spec, "w") as f:
-            json.dump(process, f)
+            json.dump(request.process_spec, f)
         pid_file = f"{BUNDLES}/{cid}/exec-{proc.number}.pid"
         try:
             self._spawn(proc, ["exec", f"--process={spec}", "--detach", f"--pid-file={pid_file}", cid], pid_file)
@@ -356,20 +337,16 @@ class Containers:
             raise
         finally:
             os.unlink(spec)
-        return {"process": proc.number, "pid": proc.pid}
+        return messages.ProcessResult(process=proc.number, pid=proc.pid)
 
-    def signal(self, args: dict[str, Any]) -> None:
+    def signal(self, request: messages.SignalProcess) -> None:
         """Signal a process directly (crun kill would cost a process start, slow under TCG); with
         ``all``, every process in the container's cgroup, as runc kill --all does."""
-        proc = self._process(args)
-        signum = protocol.field(args, "signal", int)
-        if not 1 <= signum <= 64:
-            raise AgentError("invalid", f"invalid signal {signum}")
+        proc = self._process(request.process)
         if proc.status is not None:
-            raise AgentError("stopped", "the process has already exited")
+            raise AgentError(messages.ERR_STOPPED, "the process has already exited")
         pids = [proc.pid]
-        if protocol.field(args, "all", bool, optional=True, default=False) and \
-                self.inits.get(proc.container) == proc.number:
+        if request.all and self.inits.get(proc.container) == proc.number:
             try:
                 with open(f"{CGROUP_ROOT}/pellucid/{proc.container}/cgroup.procs") as f:
                     pids = [int(p) for p in f.read().split()] or pids
@@ -377,39 +354,33 @@ class Containers:
                 pass
         for pid in pids:
             try:
-                os.kill(pid, signum)
+                os.kill(pid, request.signal)
             except ProcessLookupError:
                 pass
 
-    def resize(self, args: dict[str, Any]) -> None:
-        proc = self._process(args)
-        rows = protocol.field(args, "rows", int)
-        cols = protocol.field(args, "cols", int)
+    def resize(self, request: messages.Resize) -> None:
+        proc = self._process(request.process)
         if not proc.tty or proc.stdin is None:
             return
-        if not (0 <= rows <= 0xFFFF and 0 <= cols <= 0xFFFF):
-            raise AgentError("invalid", "window size out of range")
-        fcntl.ioctl(proc.stdin, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        fcntl.ioctl(proc.stdin, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
 
-    def pause(self, args: dict[str, Any]) -> None:
-        self._crun("pause", _ident(args))
+    def pause(self, request: messages.PauseContainer) -> None:
+        self._crun("pause", request.id)
 
-    def resume(self, args: dict[str, Any]) -> None:
-        self._crun("resume", _ident(args))
+    def resume(self, request: messages.ResumeContainer) -> None:
+        self._crun("resume", request.id)
 
-    def update(self, args: dict[str, Any]) -> None:
-        cid = _ident(args)
-        resources = protocol.field(args, "resources", dict, max_len=1 << 20)
-        path = f"{BUNDLES}/{cid}/update.json"
+    def update(self, request: messages.UpdateContainer) -> None:
+        path = f"{BUNDLES}/{request.id}/update.json"
         with open(path, "w") as f:
-            json.dump(resources, f)
+            json.dump(request.resources, f)
         try:
-            self._crun("update", f"--resources={path}", cid)
+            self._crun("update", f"--resources={path}", request.id)
         finally:
             os.unlink(path)
 
-    def delete(self, args: dict[str, Any]) -> None:
-        cid = _ident(args)
+    def delete(self, request: messages.DeleteContainer) -> None:
+        cid = request.id
         number = self.inits.get(cid)
         if number is not None and self.processes[number].status is None:
             try:
@@ -431,10 +402,9 @@ class Containers:
         self.inits.pop(cid, None)
         shutil.rmtree(f"{BUNDLES}/{cid}", ignore_errors=True)
 
-    def ps(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def ps(self, request: messages.Ps) -> messages.PsResult:
         """The container's processes, read from the guest's /proc via its cgroup."""
-        cid = _ident(args)
-        pids = json.loads(self._crun_output("ps", "--format=json", cid) or "[]")
+        pids = json.loads(self._crun_output("ps", "--format=json", request.id) or "[]")
         result = []
         for pid in pids if isinstance(pids, list) else []:
             try:
@@ -448,16 +418,16 @@ class Containers:
                 continue
             fields = stat[stat.rindex(")") + 2:].split()
             comm = stat[stat.index("(") + 1:stat.rindex(")")]
-            result.append({"pid": int(pid), "ppid": int(fields[1]), "uid": int(uid), "state": fields[0],
-                           "utime": int(fields[11]), "stime": int(fields[12]), "start": int(fields[19]),
-                           "cmd": cmd or f"[{comm}]"})
-        return result
+            result.append(messages.PsEntry(pid=int(pid), ppid=int(fields[1]), uid=int(uid), state=fields[0],
+                                           utime=int(fields[11]), stime=int(fields[12]), start=int(fields[19]),
+                                           cmd=cmd or f"[{comm}]"))
+        return messages.PsResult(result)
 
-    def stats(self, args: dict[str, Any]) -> dict[str, Any]:
-        cid = _ident(args)
+    def stats(self, request: messages.Stats) -> messages.StatsResult:
+        cid = request.id
         base = f"{CGROUP_ROOT}/pellucid/{cid}"
         if not os.path.isdir(base):
-            raise AgentError("not_found", f"no cgroup for container {cid}")
+            raise AgentError(messages.ERR_NOT_FOUND, f"no cgroup for container {cid}")
 
         def read(name: str) -> str:
             try:
@@ -481,11 +451,8 @@ class Containers:
         cpu = keyed(read("cpu.stat"))
         mem = keyed(read("memory.stat"))
         limit = read("memory.max").strip()
-        return {
-            "cpu": {"usage": {"total": cpu.get("usage_usec", 0) * 1000, "user": cpu.get("user_usec", 0) * 1000,
-                              "kernel": cpu.get("system_usec", 0) * 1000}},
-            "memory": {"usage": {"usage": number(read("memory.current")),
-                                 "limit": int(limit) if limit.isdigit() else 0},
-                       "cache": mem.get("file", 0), "raw": mem},
-            "pids": {"current": number(read("pids.current"))},
-        }
+        return messages.StatsResult(
+            cpu_total=cpu.get("usage_usec", 0) * 1000, cpu_user=cpu.get("user_usec", 0) * 1000,
+            cpu_kernel=cpu.get("system_usec", 0) * 1000, memory_usage=number(read("memory.current")),
+            memory_limit=int(limit) if limit.isdigit() else 0, memory_cache=mem.get("file", 0), memory_raw=mem,
+            pids_current=number(read("pids.current")))

@@ -4,7 +4,6 @@ query to the host, whose monitor asks it in the container's namespace and sends 
 
 from __future__ import annotations
 
-import base64
 import selectors
 import socket
 import time
@@ -12,11 +11,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing import at run time: see protocol.py
     from typing import Any
 
-from .. import protocol
-from .agent import Agent, AgentError
+from .. import messages
+from .agent import Agent
 
 ADDRESS = ("127.0.0.11", 53)
-MAX_QUERY = 4096
 MAX_PENDING = 256
 PENDING_SECONDS = 10.0
 
@@ -29,11 +27,11 @@ class DnsRelay:
         self.pending: dict[int, tuple[Any, float]] = {}
         self.next_id = 1
         agent.selector.register(self.sock, selectors.EVENT_READ, self._on_query)
-        agent.handlers["dns_reply"] = self.reply
+        agent.handle(messages.DnsReply, self.reply)
 
     def _on_query(self, mask: int) -> None:
         try:
-            data, client = self.sock.recvfrom(MAX_QUERY)
+            data, client = self.sock.recvfrom(messages.MAX_DNS)
         except BlockingIOError:
             return
         now = time.monotonic()
@@ -44,18 +42,13 @@ class DnsRelay:
         qid = self.next_id
         self.next_id = self.next_id % 0xFFFFFFF + 1
         self.pending[qid] = (client, now)
-        self.agent.emit("dns_query", query=qid, data=base64.b64encode(data).decode())
+        self.agent.emit(messages.DnsQuery(query=qid, data=data))
 
-    def reply(self, args: dict[str, Any]) -> None:
-        qid = protocol.field(args, "query", int)
-        entry = self.pending.pop(qid, None)
+    def reply(self, request: messages.DnsReply) -> None:
+        entry = self.pending.pop(request.query, None)
         if entry is None:
             return
         try:
-            data = base64.b64decode(protocol.field(args, "data", str, max_len=MAX_QUERY * 2), validate=True)
-        except ValueError:
-            raise AgentError("invalid", "dns reply is not base64") from None
-        try:
-            self.sock.sendto(data, entry[0])
+            self.sock.sendto(request.data, entry[0])
         except OSError:
             pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from ..errors import BundleError, InvalidId
 
@@ -23,6 +24,9 @@ CRI_ANNOTATIONS = (
     ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"),
     ("io.kubernetes.cri-o.ContainerType", "io.kubernetes.cri-o.SandboxID"),
 )
+
+#: runtime-spec 1.x as semver: "1.0.2", "1.0.2-dev", "1.3.0", "1.1.0+dev"
+OCI_VERSION = re.compile(r"1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)([-+][0-9A-Za-z.+-]*)?")
 
 _KINDS = {str: "a string", int: "an integer", bool: "a boolean", list: "an array", dict: "an object"}
 
@@ -44,15 +48,19 @@ def load_config(bundle: str) -> dict:
     path = os.path.join(bundle, "config.json")
     config = _read_object(path)
     version = _typed(config, "ociVersion", str, path, required=True)
-    if version.partition(".")[0] != "1":
-        raise BundleError(f'{path}: unsupported OCI version "{version}"')
+    if not OCI_VERSION.fullmatch(version):
+        raise BundleError(f'{path}: unsupported OCI version "{version}": pellucid takes runtime-spec 1.x '
+                          '(such as "1.0.2" or "1.3.0")')
     root = _typed(config, "root", dict, path, required=True)
     if not _typed(root, "root.path", str, path, required=True):
         raise BundleError(f"{path}: root.path must not be empty")
     _check_process(_typed(config, "process", dict, path, required=True), path, "process.", cwd_required=True)
     _typed(config, "hostname", str, path)
     for i, mount in enumerate(_objects(config, "mounts", path)):
-        _absolute(mount, f"mounts[{i}].destination", path, required=True)
+        if not _typed(mount, f"mounts[{i}].destination", str, path, required=True):
+            raise BundleError(f"{path}: mounts[{i}].destination must not be empty")
+        if not mount["destination"].startswith("/"):  # runtime-spec 1.2: relative to "/", as runc has it
+            mount["destination"] = "/" + mount["destination"]
         _typed(mount, f"mounts[{i}].type", str, path)
         _typed(mount, f"mounts[{i}].source", str, path)
         _strings(mount, f"mounts[{i}].options", path)

@@ -8,12 +8,20 @@ import os
 from typing import Any, Callable
 
 from .. import config as config_mod
+from .. import messages
 from ..errors import BundleError, ContainerError, NotFound
+from ..host_messages import ShimRequest, VMDescription
 from ..oci import bundle as oci
-from ..state import Status, Store, now_rfc3339, proc_start_time
-from . import guest_config, mounts, netns, network, sandbox
-from .lifecycle import MiB, run_hooks, vm_dir_of
-from .shims import ShimHandle, write_pid_file
+from ..state import Status, now_rfc3339
+from ..store import Store
+from . import guest_config
+from .layout import MONITOR_SOCKET, shared_dir, vm_dir_of
+from .lifecycle import MiB, run_hooks, system_host
+from .shims import write_pid_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .interfaces import Host, ShimProcess
 
 
 def _network_namespace(config: dict[str, Any]) -> tuple[bool, str]:
@@ -70,8 +78,9 @@ class _Undo:
 
 
 def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_file: str = "",
-           console_socket: str = "", detached: bool = True) -> ShimHandle:
+           console_socket: str = "", detached: bool = True, host: Host | None = None) -> ShimProcess:
     """Boot (or join) the VM, create the container in it, stopped before its user process runs."""
+    host = host or system_host()
     oci.validate_id(id)
     bundle = os.path.abspath(bundle)
     config = oci.load_config(bundle)
@@ -85,11 +94,12 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
     kind, sandbox_id = oci.sandbox_of(config)
     own_netns, netns_path = _network_namespace(config)
     if kind != "container" and not own_netns:
-        raise BundleError("the host network namespace cannot be shared with a VM: each container runs in a "
-                          "VM with a network stack of its own (use a network namespace, not host networking)")
+        raise BundleError(netns.HOST_NETWORK_REFUSED.format(""))
+    if netns_path:
+        netns.refuse_host(netns_path)  # before any hook, shim or tap
     hooks = {stage: oci.hooks_of(config, stage) for stage in ("prestart", "createRuntime", "poststart",
                                                                "poststop")}
-    guest_cfg, binds = guest_config.translate(config, bundle, id, sandbox.SHARE_TAG)  # refuses before any boot
+    guest_cfg, binds = guest_config.translate(config, bundle, id, messages.SHARE_TAG)  # refuses before any boot
     with store.create(id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), kind=kind,
                       sandbox=sandbox_id if kind == "container" else id,
                       annotations=config.get("annotations") or {}) as st:
@@ -101,42 +111,44 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                 except NotFound:
                     raise ContainerError(f"sandbox {sandbox_id} of container {id} does not exist") from None
                 vm_dir = vm_dir_of(store, parent)
-                netns_path = parent.extra.get("netns", "")
+                netns_path = parent.netns
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
                 os.makedirs(vm_dir)
                 if not netns_path:
                     netns_path = os.path.join(vm_dir, "netns")
-                    netns.pin_new(netns_path)
-                    undo.push(lambda: netns.release(netns_path))
-            shim = ShimHandle(netns_path or None, console=bool(console_socket))
+                    host.pin_netns(netns_path)
+                    undo.push(lambda: host.release_netns(netns_path))
+            shim = host.start_shim(netns_path, console=bool(console_socket))
             undo.push(shim.abort)
-            st.pid, st.pid_start = shim.pid, proc_start_time(shim.pid) or 0
-            st.extra = {"netns": netns_path, "poststart": hooks["poststart"], "poststop": hooks["poststop"],
-                        "terminal": terminal}
+            st.pid, st.pid_start = shim.pid, shim.start
+            st.netns, st.terminal = netns_path, terminal
+            st.poststart, st.poststop = hooks["poststart"], hooks["poststop"]
             store.save(st)
-            run_hooks("prestart", hooks["prestart"], st, Status.CREATING)
-            run_hooks("createRuntime", hooks["createRuntime"], st, Status.CREATING)
+            run_hooks(host, "prestart", hooks["prestart"], st, Status.CREATING)
+            run_hooks(host, "createRuntime", hooks["createRuntime"], st, Status.CREATING)
             timeout = cfg.hypervisor.boot_timeout + 30
             if kind != "container":
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
-                net = network.connect(netns_path, cfg.network.mode)
-                net["dns_relay"] = _uses_docker_dns(config, bundle)
-                st.extra["network"] = net
-                undo.push(lambda: network.disconnect(netns_path, net["nics"]))
+                net = host.connect_network(netns_path, cfg.network.mode)
+                undo.push(lambda: host.disconnect_network(netns_path, net.nics))
+                net.dns_relay = _uses_docker_dns(config, bundle)
+                st.network = net
                 vcpus, memory = vm_size(cfg, config)
-                undo.push(lambda: sandbox.stop(vm_dir))
-                st.extra["vm"] = sandbox.launch(vm_dir, {"id": id, "config": cfg.path, "vcpus": vcpus,
-                                                         "memory_mib": memory, "netns": netns_path,
-                                                         "network": net}, timeout)
-            container_dir = os.path.join(sandbox.shared_dir(vm_dir), id)
-            undo.push(lambda: mounts.remove_tree(container_dir))
-            mounts.make_binds(container_dir, rootfs, binds)
-            report = shim.send({"monitor": os.path.join(vm_dir, sandbox.MONITOR_SOCKET), "op": "create_container",
-                                "args": {"id": id, "config": guest_cfg, "tty": terminal,
-                                         "net_sysctls": guest_config.net_sysctls(config)},
-                                "console_socket": console_socket}, timeout)
-            st.extra.update(process=report["process"], guest_pid=report.get("guest_pid"))
+                monitor = host.launch_vm(vm_dir, VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory,
+                                                               netns=netns_path, network=net))
+                undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
+                st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
+                store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds
+                st.vm = monitor.wait_ready(timeout)
+            container_dir = os.path.join(shared_dir(vm_dir), id)
+            undo.push(lambda: host.unshare(container_dir))
+            host.share(container_dir, rootfs, binds)
+            request = messages.CreateContainer(id, guest_cfg, tty=terminal,
+                                               net_sysctls=guest_config.net_sysctls(config))
+            ready = shim.send(ShimRequest(monitor=os.path.join(vm_dir, MONITOR_SOCKET), op=request.OP,
+                                          args=request.to_json(), console_socket=console_socket), timeout)
+            st.process, st.guest_pid = ready.process, ready.guest_pid
             write_pid_file(pid_file, shim.pid)
         except BaseException:
             undo.run()

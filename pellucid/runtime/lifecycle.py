@@ -1,4 +1,10 @@
-"""The runtime commands. Each follows refresh -> guard -> act -> save, under the container's lock."""
+"""The runtime commands. Each is refresh -> guard -> act -> save under the container's lock; the
+lock is held for the guard and the state change, never across a long wait on the VM (``kill``,
+``ps`` and ``events`` act after releasing it, so that they never queue behind an ``exec``).
+
+Every verb takes a :class:`~pellucid.runtime.interfaces.Host` (the real one by default), through
+which all it does outside the state store goes: tests run the verbs on a fake one.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +12,68 @@ import json
 import os
 import signal as signals
 
+from .. import messages
 from ..errors import ContainerError, NotFound, PellucidError
-from ..state import ContainerState, Status, Store, oci_state, status
-from . import mounts, sandbox
+from ..state import ContainerState, Status, oci_state, status
+from ..store import Store
+from .layout import shared_dir, vm_dir_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .interfaces import Host
+
 MiB = 1 << 20
+_NOT_RUNNING = "container not running"
 
 
-def vm_dir_of(store: Store, st: ContainerState) -> str:
-    return os.path.join(store.dir(st.sandbox or st.id), "vm")
+def system_host() -> Host:
+    from .system import SystemHost
+    return SystemHost()
 
 
-def run_hooks(stage: str, hooks: list[dict], st: ContainerState, current: Status) -> None:
+def run_hooks(host: Host, stage: str, hooks: list[dict], st: ContainerState, current: Status) -> None:
     if hooks:
-        from ..oci import hooks as oci_hooks
-        oci_hooks.run_hooks(stage, hooks, oci_state(st, current), cwd=st.bundle if os.path.isdir(st.bundle) else None)
+        host.run_hooks(stage, hooks, oci_state(st, current), st.bundle if os.path.isdir(st.bundle) else None)
 
 
-def _running(store: Store, id: str) -> tuple[ContainerState, Status]:
-    st = store.load(id)
-    return st, status(st)
-
-
-def _agent(store: Store, st: ContainerState):
-    return sandbox.connect(vm_dir_of(store, st))
-
-
-def _call(store: Store, st: ContainerState, op: str, args: dict[str, Any], timeout: float = 60.0) -> Any:
-    client = _agent(store, st)
+def _warn_hooks(host: Host, stage: str, hooks: list[dict], st: ContainerState, current: Status) -> None:
+    """Poststart and poststop hooks: the spec makes their failure a warning only."""
     try:
-        return client.call(op, args, timeout=timeout)
-    finally:
-        client.sock.close()
-
-
-def start(store: Store, id: str) -> None:
-    with store.lock(id):
-        st, now = _running(store, id)
-        if now is Status.STOPPED:
-            raise ContainerError("cannot start a container that has stopped")
-        if now is not Status.CREATED:
-            raise ContainerError(f"cannot start an already {now.value} container")
-        _call(store, st, "start_container", {"id": id})
-        st.started = True
-        store.save(st)
-    try:
-        run_hooks("poststart", st.extra.get("poststart") or [], st, Status.RUNNING)
-    except PellucidError as err:  # the spec: a failing poststart hook is a warning only
+        run_hooks(host, stage, hooks, st, current)
+    except PellucidError as err:
         from .. import log
         log.warning(str(err))
 
 
+def refresh(store: Store, id: str) -> tuple[ContainerState, Status]:
+    st = store.load(id)
+    return st, status(st)
+
+
+def _call(host: Host, store: Store, st: ContainerState, request: messages.Request, timeout: float = 60.0) -> Any:
+    """The agent's checked result record for ``request`` (None for a request without one)."""
+    with host.connect(vm_dir_of(store, st)) as agent:
+        return agent.call(request, timeout=timeout)
+
+
+def start(store: Store, id: str, host: Host | None = None) -> None:
+    host = host or system_host()
+    with store.lock(id):
+        st, now = refresh(store, id)
+        if not now.can_start():
+            if now is Status.STOPPED:
+                raise ContainerError("cannot start a container that has stopped")
+            raise ContainerError(f"cannot start an already {now.value} container")
+        _call(host, store, st, messages.StartContainer(id))
+        st.started = True
+        store.save(st)
+    _warn_hooks(host, "poststart", st.poststart, st, Status.RUNNING)
+
+
 def state(store: Store, id: str) -> dict[str, Any]:
-    st, now = _running(store, id)
+    st, now = refresh(store, id)
     return oci_state(st, now)
 
 
@@ -81,122 +92,112 @@ def parse_signal(value: str) -> int:
     raise ContainerError(f"invalid signal {value!r}")
 
 
-def kill(store: Store, id: str, sig: str, all_: bool = False) -> None:
+def kill(store: Store, id: str, sig: str, all_: bool = False, host: Host | None = None) -> None:
     signum = parse_signal(sig)
+    host = host or system_host()
     with store.lock(id):
-        st, now = _running(store, id)
-        if now not in (Status.CREATED, Status.RUNNING, Status.PAUSED):
-            raise ContainerError("container not running")
-        _call(store, st, "signal_process", {"process": st.extra["process"], "signal": signum, "all": all_})
+        st, now = refresh(store, id)
+        if not now.can_kill():
+            raise ContainerError(_NOT_RUNNING)
+    _call(host, store, st, messages.SignalProcess(st.process, signum, all_))
 
 
-def delete(store: Store, id: str, force: bool = False) -> None:
+def delete(store: Store, id: str, force: bool = False, host: Host | None = None) -> None:
+    host = host or system_host()
     try:
-        lock = store.lock(id)
-        lock.__enter__()
+        with store.lock(id):
+            st, now = refresh(store, id)
+            if not now.can_delete() and not force:
+                raise ContainerError(f"cannot delete container {id} that is not stopped: {now.value}")
+            _tear_down(host, store, st, now)
+            store.remove(id)
     except NotFound:
         if force:
             return
         raise
-    try:
-        st, now = _running(store, id)
-        if now not in (Status.STOPPED, Status.CREATED) and not force:
-            raise ContainerError(f"cannot delete container {id} that is not stopped: {now.value}")
-        vm_dir = vm_dir_of(store, st)
-        if st.kind == "container":
-            try:
-                _call(store, st, "delete_container", {"id": id}, timeout=30)
-            except PellucidError:
-                pass
-            mounts.remove_tree(os.path.join(sandbox.shared_dir(vm_dir), id))
-        else:
-            sandbox.stop(vm_dir)
-            nics = (st.extra.get("network") or {}).get("nics", [])
-            if nics:
-                from . import network
-                network.disconnect(st.extra.get("netns", ""), nics)
-        if st.pid and now is not Status.STOPPED:
-            try:
-                os.kill(st.pid, signals.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if st.kind != "container":
-            mounts.unmount_all(store.dir(id))
-        store.remove(id)
-    finally:
-        lock.__exit__(None, None, None)
-    try:
-        run_hooks("poststop", st.extra.get("poststop") or [], st, Status.STOPPED)
-    except PellucidError as err:  # the spec: a failing poststop hook is a warning only
-        from .. import log
-        log.warning(str(err))
+    _warn_hooks(host, "poststop", st.poststop, st, Status.STOPPED)
 
 
-def _guarded(store: Store, id: str, op: str, allowed: tuple[Status, ...], verb: str,
-             paused: bool | None = None) -> None:
+def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> None:
+    """Stop what the container has on the host and in its VM (the VM too, unless it is in a pod)."""
+    vm_dir = vm_dir_of(store, st)
+    if st.kind == "container":
+        try:
+            _call(host, store, st, messages.DeleteContainer(st.id), timeout=30)
+        except PellucidError:
+            pass  # the sandbox's VM is gone or the container with it: nothing left in the guest
+        host.unshare(os.path.join(shared_dir(vm_dir), st.id))
+    else:
+        host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
+        if st.network.nics:
+            host.disconnect_network(st.netns, st.network.nics)
+    if st.pid and now is not Status.STOPPED:
+        host.stop_shim(st.pid, st.pid_start)
+    if st.kind != "container":
+        host.unmount_all(store.dir(st.id))
+
+
+def pause(store: Store, id: str, host: Host | None = None) -> None:
+    host = host or system_host()
     with store.lock(id):
-        st, now = _running(store, id)
-        if now not in allowed:
-            raise ContainerError(f"cannot {verb} a {now.value} container")
-        _call(store, st, op, {"id": id})
-        if paused is not None:
-            st.paused = paused
-            store.save(st)
+        st, now = refresh(store, id)
+        if not now.can_pause():
+            raise ContainerError(f"cannot pause a {now.value} container")
+        _call(host, store, st, messages.PauseContainer(id))
+        st.paused = True
+        store.save(st)
 
 
-def pause(store: Store, id: str) -> None:
-    _guarded(store, id, "pause_container", (Status.RUNNING, Status.CREATED), "pause", paused=True)
+def resume(store: Store, id: str, host: Host | None = None) -> None:
+    host = host or system_host()
+    with store.lock(id):
+        st, now = refresh(store, id)
+        if not now.can_resume():
+            raise ContainerError(f"cannot resume a {now.value} container")
+        _call(host, store, st, messages.ResumeContainer(id))
+        st.paused = False
+        store.save(st)
 
 
-def resume(store: Store, id: str) -> None:
-    _guarded(store, id, "resume_container", (Status.PAUSED,), "resume", paused=False)
+def _inspectable(store: Store, id: str) -> ContainerState:
+    with store.lock(id, shared=True):
+        st, now = refresh(store, id)
+        if not now.can_inspect():
+            raise ContainerError(_NOT_RUNNING)
+    return st
 
 
-def ps(store: Store, id: str) -> list[dict[str, Any]]:
+def ps(store: Store, id: str, host: Host | None = None) -> list[dict[str, Any]]:
     """The container's processes as the guest reports them, checked (the guest is not trusted)."""
-    st, now = _running(store, id)
-    if now is Status.STOPPED:
-        raise ContainerError("container not running")
-    result = _call(store, st, "ps", {"id": id})
-    procs = []
-    for entry in result if isinstance(result, list) else []:
-        if not isinstance(entry, dict):
-            continue
-        fields = {k: entry.get(k) for k in ("pid", "ppid", "uid")}
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in fields.values()):
-            continue
-        state, cmd = entry.get("state"), entry.get("cmd")
-        procs.append({**fields, "state": state[:4] if isinstance(state, str) else "?",
-                      "cmd": cmd[:4096] if isinstance(cmd, str) else ""})
-    return procs
+    host = host or system_host()
+    st = _inspectable(store, id)
+    result = _call(host, store, st, messages.Ps(id))
+    return [{"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "state": p.state, "cmd": p.cmd} for p in result.processes]
 
 
-def stats(store: Store, id: str) -> dict[str, Any]:
-    st, now = _running(store, id)
-    if now is Status.STOPPED:
-        raise ContainerError("container not running")
-    result = _call(store, st, "stats", {"id": id})
-    if not isinstance(result, dict):
-        raise ContainerError("the agent sent invalid stats")
-    return result
+def stats(store: Store, id: str, host: Host | None = None) -> dict[str, Any]:
+    host = host or system_host()
+    st = _inspectable(store, id)
+    return _call(host, store, st, messages.Stats(id)).to_json()
 
 
-def update(store: Store, id: str, resources: dict[str, Any]) -> None:
+def update(store: Store, id: str, resources: dict[str, Any], host: Host | None = None) -> None:
+    host = host or system_host()
     with store.lock(id):
-        st, now = _running(store, id)
-        if now is Status.STOPPED:
-            raise ContainerError("container not running")
-        vm_mib = (st.extra.get("vm") or {}).get("memory_mib", 0)
+        st, now = refresh(store, id)
+        if not now.can_inspect():
+            raise ContainerError(_NOT_RUNNING)
+        vm_mib = st.vm.memory_mib
         limit = (resources.get("memory") or {}).get("limit")
         if isinstance(limit, int) and vm_mib and limit > vm_mib * MiB:
             raise ContainerError(f"cannot set a memory limit of {limit >> 20} MiB: the container's VM has "
                                  f"{vm_mib} MiB (recreate the container with a larger limit)")
-        cpus = (st.extra.get("vm") or {}).get("vcpus", 0)
+        cpus = st.vm.vcpus
         cpu = resources.get("cpu") or {}
         quota, period = cpu.get("quota"), cpu.get("period") or 100000
         if isinstance(quota, int) and quota > 0 and cpus and quota / period > cpus:
             raise ContainerError(f"cannot give the container {quota / period:g} CPUs: its VM has {cpus} vCPUs")
-        _call(store, st, "update_container", {"id": id, "resources": resources})
+        _call(host, store, st, messages.UpdateContainer(id, resources))
 
 
 def list_states(store: Store) -> list[dict[str, Any]]:
@@ -209,7 +210,7 @@ def read_json_arg(value: str) -> dict[str, Any]:
     try:
         data = json.load(sys.stdin) if value == "-" else json.load(open(value))
     except (OSError, ValueError) as err:
-        raise ContainerError(f"cannot read {value}: {err}") from None
+        raise ContainerError(f"cannot read {value}: {err}") from err
     if not isinstance(data, dict):
         raise ContainerError(f"{value}: not a JSON object")
     return data

@@ -7,7 +7,7 @@ import shutil
 
 from .. import linux
 from ..errors import ContainerError
-from ..state import mounts_under
+from ..mountinfo import mounts_under
 from .guest_config import Bind
 
 
@@ -27,7 +27,7 @@ def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
             if bind.readonly:
                 linux.mount("", target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
         except OSError as err:
-            raise ContainerError(f"cannot share {source} with the VM: {err.strerror or err}") from None
+            raise ContainerError(f"cannot share {source} with the VM: {err.strerror or err}") from err
 
 
 def unmount_all(path: str) -> None:

@@ -7,9 +7,42 @@ import fcntl
 import os
 
 from .. import linux
-from ..errors import ContainerError
+from ..errors import BundleError, ContainerError
 
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: which kind of namespace it is
+
+
+#: The namespaces a VM must never join: pellucid's own and the host's init's (pellucid may run in
+#: a namespace of its own, under a client that runs in one).
+HOST_NAMESPACES = ("/proc/self/ns/net", "/proc/1/ns/net")
+HOST_NETWORK_REFUSED = ("cannot join the host's network namespace{}: a VM has a network stack of its own "
+                        "(host networking is not supported; use a network namespace)")
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows /proc/PID/ns/net to the namespace's nsfs inode, as a bind mount of it
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def is_host(path: str) -> bool:
+    """Whether ``path`` is the network namespace pellucid runs in, or the host's (PID 1's)."""
+    ns = _identity(path)
+    return ns is not None and any(ns == _identity(own) for own in HOST_NAMESPACES)
+
+
+def refuse_host(path: str) -> None:
+    """Refuse a network namespace that is the host's: every interface in it would get a tap with
+    tc redirects both ways, taking the host's own traffic (docker run --network host passes it).
+    A namespace that cannot be looked at cannot be joined either: refused as well."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        raise BundleError(f"cannot join network namespace {path}: {(err.strerror or str(err)).lower()}") from None
+    if is_host(path):
+        raise BundleError(HOST_NETWORK_REFUSED.format(f" {path}"))
 
 
 def pin_new(path: str) -> None:

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 
 from .. import linux
 from ..errors import ContainerError
-from . import netns
+from ..host_messages import Network, Nic
+from . import netns as netns_mod
 
 TAP_PREFIX = "pltap"
 MACVTAP_PREFIX = "plmvt"
@@ -32,7 +33,7 @@ def in_netns(path: str) -> Iterator[None]:
     """Run the body in the network namespace at ``path`` (the CLI is single-threaded)."""
     here = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        netns.enter(path)
+        netns_mod.enter(path)
         try:
             yield
         finally:
@@ -79,17 +80,17 @@ def _routes(ipr, names: dict[int, str]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["gateway"] != "", r["dst_len"] == 0))
 
 
-def connect(netns: str, mode: str = "tcfilter") -> dict[str, Any]:
+def connect(netns: str, mode: str = "tcfilter") -> Network:
     """Give every interface of the namespace a tap (or macvtap) for QEMU. Returns what QEMU and the
-    agent need: {"nics": [{tap, device, mac, mtu, name, addresses}], "routes": [...]}; nothing when
-    the namespace has only loopback."""
+    agent need; no interfaces when the namespace has only loopback."""
     if mode not in MODES:
         raise ContainerError(f"unknown network mode {mode!r}")
+    netns_mod.refuse_host(netns)  # never a tap or a filter on the host's own interfaces
     nics: list[dict[str, Any]] = []
     try:
         with in_netns(netns):
             if all(name == "lo" or name.startswith(OURS) for _, name in socket.if_nameindex()):
-                return {"nics": [], "routes": []}  # loopback only: no need for netlink (nor its import)
+                return Network()  # loopback only: no need for netlink (nor its import)
             ipr = _ipr()
             try:
                 links = [link for link in ipr.get_links()
@@ -105,13 +106,12 @@ def connect(netns: str, mode: str = "tcfilter") -> dict[str, Any]:
                 routes = _routes(ipr, names)
             finally:
                 ipr.close()
-    except ContainerError:
-        disconnect(netns, nics)
-        raise
+        return Network.from_dict({"nics": nics, "routes": routes})
     except Exception as err:
-        disconnect(netns, nics)
-        raise ContainerError(f"cannot connect the VM to network namespace {netns}: {err}") from None
-    return {"nics": nics, "routes": routes}
+        disconnect(netns, [Nic(name=n["name"], tap=n.get("tap", "")) for n in nics])
+        if isinstance(err, ContainerError):
+            raise
+        raise ContainerError(f"cannot connect the VM to network namespace {netns}: {err}") from err
 
 
 def _tcfilter(ipr, nic: dict[str, Any], i: int) -> None:
@@ -138,18 +138,18 @@ def _macvtap(ipr, nic: dict[str, Any], i: int) -> None:
     nic["device"] = f"/dev/tap{index}"
 
 
-def disconnect(netns: str, nics: list[dict[str, Any]]) -> None:
+def disconnect(netns: str, nics: list[Nic]) -> None:
     """Remove the taps and filters :func:`connect` made (idempotent; a gone namespace is fine)."""
-    if not nics or not os.path.exists(netns):
-        return
+    if not nics or not os.path.exists(netns) or netns_mod.is_host(netns):
+        return  # connect never touches the host's namespace: neither may its undo
     try:
         with in_netns(netns):
             ipr = _ipr()
             try:
                 for nic in nics:
-                    for name in (nic.get("tap"), nic.get("name")):
+                    for name in (nic.tap, nic.name):
                         found = ipr.link_lookup(ifname=name) if name else []
-                        if found and name == nic.get("name"):
+                        if found and name == nic.name:
                             try:
                                 ipr.tc("del", "ingress", found[0], "ffff:")
                             except Exception:

@@ -1,68 +1,92 @@
 """A sandbox is one VM: its directory, its monitor daemon, and the way to talk to it.
 
-``<state dir of the sandbox container>/vm/`` holds vm.json (what to boot), monitor.sock,
-monitor.pid, the logs, ``shared/`` (exported to the guest over 9p; each container of the sandbox
-has a directory there) and ``netns`` (the pinned network namespace, when pellucid made it).
+``<state dir of the sandbox container>/vm/`` holds vm.json (what to boot), monitor.sock, the
+logs, ``shared/`` (exported to the guest over 9p; each container of the sandbox has a directory
+there) and ``netns`` (the pinned network namespace, when pellucid made it). The monitor outlives
+the command that starts it: the container's state records its pid and start time, and
+:func:`stop` is the one way it is stopped.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from typing import Any
 
-from .. import sockets
+from .. import messages, procs, sockets
 from ..errors import VMError
-from ..state import alive
+from ..host_messages import MonitorReady, Share, VMDescription, VMInfo
 from ..vm.agent_client import AgentClient
+from .layout import MONITOR_SOCKET, shared_dir
 from .ready import read_line
 
-SHARE_TAG = "sandbox"
-MONITOR_SOCKET = "monitor.sock"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DESCRIPTION = "vm.json"
+LOG = "monitor.log"
 
 
-def shared_dir(vm_dir: str) -> str:
-    return os.path.join(vm_dir, "shared")
+class MonitorProcess:
+    """A monitor just started; :meth:`wait_ready` waits until its VM's agent answers."""
+
+    def __init__(self, vm_dir: str, proc: subprocess.Popen, ready_fd: int) -> None:
+        self.vm_dir = vm_dir
+        self._proc = proc
+        self._ready_fd = ready_fd
+        self.pid = proc.pid
+        self.start = procs.proc_start_time(proc.pid) or 0  # our unreaped child: this is it
+
+    def wait_ready(self, timeout: float) -> VMInfo:
+        try:
+            line = read_line(self._ready_fd, timeout)
+        except TimeoutError:
+            self._stop()
+            raise VMError(f"the VM did not come up within {timeout:g}s" + _log_tail(self.vm_dir)) from None
+        finally:
+            os.close(self._ready_fd)
+        if not line:
+            self._stop()
+            raise VMError("the VM monitor exited" + _log_tail(self.vm_dir))
+        try:
+            ready = MonitorReady.from_json(line)
+        except ValueError as err:
+            self._stop()
+            raise VMError(f"the VM monitor reported garbage ({err})") from err
+        if not ready.ok:
+            self._stop()
+            raise VMError(ready.error + _log_tail(self.vm_dir))
+        return ready.info
+
+    def _stop(self) -> None:
+        stop(self.vm_dir, self.pid, self.start)
+        self._proc.wait()
 
 
-def launch(vm_dir: str, desc: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Start the monitor (which boots the VM) and wait until the agent answers; returns the VM's info."""
+def launch(vm_dir: str, desc: VMDescription) -> MonitorProcess:
+    """Write vm.json and start the monitor, which boots the VM."""
     os.makedirs(shared_dir(vm_dir), exist_ok=True)
-    desc = {**desc, "shares": [{"tag": SHARE_TAG, "path": shared_dir(vm_dir)}]}
-    with open(os.path.join(vm_dir, "vm.json"), "w") as f:
-        json.dump(desc, f)
+    desc.shares = [Share(tag=messages.SHARE_TAG, path=shared_dir(vm_dir))]
+    with open(os.path.join(vm_dir, DESCRIPTION), "w") as f:
+        f.write(desc.to_json())
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
-        with open(os.path.join(vm_dir, "monitor.log"), "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "pellucid.monitor", vm_dir, "--ready-fd", str(ready_w)],
-                             pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             start_new_session=True, close_fds=True)
+        with open(os.path.join(vm_dir, LOG), "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "pellucid.monitor", vm_dir, "--ready-fd", str(ready_w)],
+                                    pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True)
+    except BaseException:
+        os.close(ready_r)
+        raise
     finally:
         os.close(ready_w)
-    try:
-        line = read_line(ready_r, timeout)
-    except TimeoutError:
-        stop(vm_dir)
-        raise VMError(f"the VM did not come up within {timeout:g}s" + _log_tail(vm_dir)) from None
-    finally:
-        os.close(ready_r)
-    try:
-        report = json.loads(line) if line else {"ok": False, "error": "the VM monitor exited"}
-    except ValueError:
-        report = {"ok": False, "error": "the VM monitor reported garbage"}
-    if not report.get("ok"):
-        stop(vm_dir)
-        raise VMError(str(report.get("error")) + _log_tail(vm_dir))
-    return report["info"]
+    return MonitorProcess(vm_dir, proc, ready_r)
 
 
 def _log_tail(vm_dir: str) -> str:
     try:
-        with open(os.path.join(vm_dir, "monitor.log"), "rb") as f:
+        with open(os.path.join(vm_dir, LOG), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 1500))
             tail = f.read().decode(errors="replace").strip()
@@ -71,39 +95,38 @@ def _log_tail(vm_dir: str) -> str:
     return f" (monitor log: {tail})" if tail else ""
 
 
-def connect(vm_dir: str, timeout: float = 30.0) -> AgentClient:
+class MonitorConnection:
     """A client of the sandbox's monitor; its requests reach the guest agent."""
+
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
+
+    def call(self, request: messages.Request, timeout: float = 30.0) -> Any:
+        return self._client.call(request, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.sock.close()
+
+    def __enter__(self) -> MonitorConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(vm_dir: str, timeout: float = 30.0) -> MonitorConnection:
     try:
-        return AgentClient(sockets.connect(os.path.join(vm_dir, MONITOR_SOCKET), timeout=timeout))
+        return MonitorConnection(AgentClient(sockets.connect(os.path.join(vm_dir, MONITOR_SOCKET), timeout=timeout)))
     except OSError as err:
-        raise VMError(f"the VM is not running ({err.strerror or err})") from None
+        raise VMError(f"the VM is not running ({err.strerror or err})") from err
 
 
-def monitor_pid(vm_dir: str) -> int:
-    try:
-        with open(os.path.join(vm_dir, "monitor.pid")) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+def stop(vm_dir: str, pid: int, start: int, timeout: float = 10.0) -> None:
+    """Shut the VM down: ask the monitor, then SIGTERM, then SIGKILL (QEMU dies with it). Idempotent;
+    a monitor that is gone (or whose pid another process has now) is left alone."""
+    procs.stop(pid, start, ask=lambda: _shutdown(vm_dir, timeout), timeout=timeout)
 
 
-def stop(vm_dir: str, timeout: float = 10.0) -> None:
-    """Shut the VM down: ask the monitor, then kill it (QEMU dies with it). Idempotent."""
-    pid = monitor_pid(vm_dir)
-    if os.path.exists(os.path.join(vm_dir, MONITOR_SOCKET)):
-        try:
-            client = connect(vm_dir, timeout=2)
-            try:
-                client.call("shutdown", timeout=timeout)
-            finally:
-                client.sock.close()
-        except Exception:
-            pass
-    deadline = time.monotonic() + timeout
-    while pid and alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if pid and alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _shutdown(vm_dir: str, timeout: float) -> None:
+    with connect(vm_dir, timeout=2) as monitor:
+        monitor.call(messages.Shutdown(), timeout=timeout)

@@ -1,17 +1,22 @@
-"""Starting a shim and handing it its request; the runtime's side of pellucid.shim."""
+"""Starting a shim and handing it its request; the runtime's side of pellucid.shim.
+
+The shim forwards SIGTERM to the container process, so it is never stopped with SIGTERM: before
+its request it is asked to go by closing its request pipe, then killed.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-from typing import Any
 
+from .. import procs
 from ..errors import ContainerError
+from ..host_messages import ShimReady, ShimRequest
 from . import netns as netns_mod
 from .ready import read_line
+
+ABORT_TIMEOUT = 5.0
 
 
 class ShimHandle:
@@ -35,21 +40,22 @@ class ShimHandle:
         except subprocess.SubprocessError as err:
             os.close(self._req_w)
             os.close(self._ready_r)
-            raise ContainerError(f"cannot start the shim in network namespace {netns}: {err}") from None
+            raise ContainerError(f"cannot start the shim in network namespace {netns}: {err}") from err
         finally:
             os.close(req_r)
             os.close(ready_w)
         self.pid = self.proc.pid
+        self.start = procs.proc_start_time(self.pid) or 0  # our unreaped child: this is it
 
-    def send(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def send(self, request: ShimRequest, timeout: float) -> ShimReady:
         """Give the shim its request; return what it reports once the process exists in the VM."""
-        data = json.dumps(request).encode()
+        data = request.to_json().encode()
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._req_w, view):]
         except OSError as err:
-            raise ContainerError(f"the shim died before its request: {err.strerror}") from None
+            raise ContainerError(f"the shim died before its request: {err.strerror}") from err
         finally:
             os.close(self._req_w)
             self._req_w = -1
@@ -57,12 +63,12 @@ class ShimHandle:
         if not line:
             raise ContainerError("the shim exited without starting the process")
         try:
-            report = json.loads(line)
-        except ValueError:
-            raise ContainerError("the shim reported garbage") from None
-        if not report.get("ok"):
-            raise ContainerError(str(report.get("error", "the process could not be started")))
-        return report
+            ready = ShimReady.from_json(line)
+        except ValueError as err:
+            raise ContainerError(f"the shim reported garbage ({err})") from err
+        if not ready.ok:
+            raise ContainerError(ready.error or "the process could not be started")
+        return ready
 
     def _read_ready(self, timeout: float) -> bytes:
         try:
@@ -74,14 +80,28 @@ class ShimHandle:
             self._ready_r = -1
 
     def abort(self) -> None:
-        """Stop a shim whose container could not be set up."""
+        """Stop a shim whose container could not be set up: before its request, closing the
+        request pipe makes it exit; after, it is relaying, and only SIGKILL is safe."""
+        waiting = self._req_w >= 0
+        procs.stop(self.pid, self.start, ask=self._close_pipes if waiting else None, term=False,
+                   timeout=ABORT_TIMEOUT)
+        self._close_pipes()
+        self.proc.wait()
+
+    def _close_pipes(self) -> None:
         for fd in (self._req_w, self._ready_r):
             if fd >= 0:
                 os.close(fd)
         self._req_w = self._ready_r = -1
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+
+def stop(pid: int, start: int) -> None:
+    """Stop a container's shim that is relaying (delete): SIGKILL, never SIGTERM, which it would
+    forward to the workload."""
+    procs.stop(pid, start, term=False)
 
 
 def write_pid_file(path: str, pid: int) -> None:

@@ -8,7 +8,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from .. import protocol
+from .. import messages, protocol
 from ..errors import AgentError, VMError
 
 
@@ -39,7 +39,7 @@ class AgentClient:
             for frame in self.reader.feed(data):
                 self.handle(frame)
         except protocol.ProtocolError as err:
-            raise VMError(f"agent sent an invalid frame: {err}") from None
+            raise VMError(f"agent sent an invalid frame: {err}") from err
 
     def handle(self, frame: protocol.Frame) -> None:
         if frame.kind == protocol.RESPONSE:
@@ -49,30 +49,46 @@ class AgentClient:
         elif frame.kind == protocol.STREAM:
             self.on_stream(frame.id, frame.payload)
 
-    def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-        """Send one request and wait for its response; events seen meanwhile go to the callbacks."""
+    def call(self, request: messages.Request, timeout: float = 30.0) -> Any:
+        """Send one request and wait for its response; events seen meanwhile go to the callbacks.
+        Returns the request's result record (None for a request without one), checked."""
         id = self._next_id
         self._next_id = self._next_id % 0xFFFFFFFF + 1
-        self.send(protocol.request(id, op, args))
+        self.send(request.encode(id))
         deadline = time.monotonic() + timeout
         while id not in self._responses:
             try:
                 self._pump(deadline)
             except TimeoutError:
-                raise VMError(f"the agent did not answer {op!r} within {timeout:g}s") from None
-        return parse_response(self._responses.pop(id))
+                raise VMError(f"the agent did not answer {request.OP!r} within {timeout:g}s") from None
+        value = parse_response(self._responses.pop(id))
+        try:
+            return request.read_result(value)
+        except protocol.ProtocolError as err:
+            name = request.RESULT.__name__ if request.RESULT is not None else "result"
+            raise VMError(f"agent sent an invalid {name} to {request.OP!r}: {err}") from err
 
 
 def parse_response(frame: protocol.Frame) -> Any:
-    """The result of a response frame, or the :class:`AgentError` it carries."""
+    """The result of a response frame as JSON, or the :class:`AgentError` it carries."""
     try:
         msg = frame.json()
         ok = protocol.field(msg, "ok", bool)
         if ok:
             return msg.get("result")
-        err = protocol.field(msg, "error", dict)
-        kind = protocol.field(err, "kind", str, max_len=64)
-        message = protocol.field(err, "message", str, max_len=4096)
-    except protocol.ProtocolError as e:
-        raise VMError(f"agent sent an invalid response: {e}") from None
-    raise AgentError(kind, message)
+        error = messages.Error.from_json(msg.get("error"))
+    except protocol.ProtocolError as err:
+        raise VMError(f"agent sent an invalid response: {err}") from err
+    raise AgentError(error.kind, error.message)
+
+
+def parse_result(frame: protocol.Frame, result: type[messages.Record] | None) -> Any:
+    """The ``result`` record of a response frame (None when the request has no result), or the
+    :class:`AgentError` it carries."""
+    value = parse_response(frame)
+    if result is None:
+        return None
+    try:
+        return result.from_json(value)
+    except protocol.ProtocolError as err:
+        raise VMError(f"agent sent an invalid {result.__name__}: {err}") from err

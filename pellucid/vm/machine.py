@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .. import protocol
+from .. import messages, procs, protocol
 from ..errors import AgentError, VMError
 from .agent_client import AgentClient
 from .qemu_args import VMSpec, build_argv
@@ -35,32 +35,6 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Hello:
-    """What the agent says of itself in the handshake, checked."""
-
-    version: int
-    kernel: str
-    boot_id: str
-    rootfs_dax: bool
-    init_ms: int
-    uptime_ms: int
-
-    @classmethod
-    def parse(cls, result: Any) -> "Hello":
-        if not isinstance(result, dict):
-            raise VMError("agent handshake: result is not an object")
-        try:
-            return cls(version=protocol.field(result, "version", int),
-                       kernel=protocol.field(result, "kernel", str, max_len=256),
-                       boot_id=protocol.field(result, "boot_id", str, max_len=64),
-                       rootfs_dax=protocol.field(result, "rootfs_dax", bool),
-                       init_ms=protocol.field(result, "init_ms", int),
-                       uptime_ms=protocol.field(result, "uptime_ms", int))
-        except protocol.ProtocolError as err:
-            raise VMError(f"agent handshake: {err}") from None
-
-
-@dataclass(frozen=True)
 class BootTimeline:
     """Milliseconds from QEMU's start: kernel entered and init reached (guest clock), handshake done."""
 
@@ -79,10 +53,16 @@ class VM:
         self.proc: subprocess.Popen | None = None
         self.agent: AgentClient | None = None
         self.qmp: QMP | None = None
-        self.hello: Hello | None = None
+        self.hello: messages.HelloResult | None = None
         self.timeline: BootTimeline | None = None
         self._qmp_sock: socket.socket | None = None
         self._started = 0.0
+        self._start_time = 0  # QEMU's, against pid reuse (pellucid.procs)
+
+    @property
+    def pid(self) -> int:
+        """QEMU's pid; 0 before start."""
+        return self.proc.pid if self.proc is not None else 0
 
     @property
     def log_path(self) -> str:
@@ -106,25 +86,25 @@ class VM:
         except OSError as err:
             agent_host.close()
             qmp_host.close()
-            raise VMError(f"cannot start {argv[0]}: {err}") from None
+            raise VMError(f"cannot start {argv[0]}: {err}") from err
         finally:
             agent_qemu.close()
             qmp_qemu.close()
+        self._start_time = procs.proc_start_time(self.proc.pid) or 0  # our unreaped child: this is it
         self.state = State.RUNNING
         self.agent = AgentClient(agent_host)
         self._qmp_sock = qmp_host
 
-    def handshake(self, timeout: float, *, template: bool = False) -> Hello:
+    def handshake(self, timeout: float, *, template: bool = False) -> messages.HelloResult:
         """Wait for the agent to answer; raises VMError with QEMU's and the console's output if it does not.
-        A ``template`` agent readies itself to be saved and cloned (and reads no boot id)."""
+        A ``template``'s agent readies itself to be saved and cloned (and reads no boot id)."""
         assert self.agent is not None
-        args = {"version": protocol.VERSION, "time_ns": time.time_ns(), **({"template": True} if template else {})}
         try:
-            result = self.agent.call("hello", args, timeout=timeout)
+            self.hello = self.agent.call(messages.Hello(protocol.VERSION, time.time_ns(), template=template),
+                                         timeout=timeout)
         except (VMError, AgentError, OSError) as err:
-            raise VMError(f"the VM did not come up: {err}{self._diagnostics()}", self.console()) from None
+            raise VMError(f"the VM did not come up: {err}{self._diagnostics()}", self.console()) from err
         done = time.monotonic()
-        self.hello = Hello.parse(result)
         if self.hello.version != protocol.VERSION:
             raise VMError(f"agent speaks protocol {self.hello.version}, host {protocol.VERSION}")
         agent_ms = (done - self._started) * 1000
@@ -164,19 +144,11 @@ class VM:
         if self.state is State.STOPPED:
             return
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                try:
-                    self.monitor().execute("quit")
-                except (VMError, OSError):
-                    pass
-                for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                    if sig is not None:
-                        self.proc.send_signal(sig)
-                    try:
-                        self.proc.wait(timeout)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
+            if self.proc is not None:
+                if self.proc.poll() is None:
+                    procs.stop(self.proc.pid, self._start_time, ask=lambda: self.monitor().execute("quit"),
+                               timeout=timeout)
+                self.proc.wait()
         finally:
             if self.agent is not None:
                 self.agent.sock.close()

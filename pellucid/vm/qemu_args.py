@@ -11,7 +11,6 @@ GiB = 1 << 30
 
 # q35 with every legacy part that can go switched off; qboot instead of SeaBIOS.
 Q35_OPTIONS = "sata=off,smbus=off,hpet=off,i8042=off,vmport=off,usb=off,graphics=off"
-ROOT_TAG = "pellucid-shared"  # mount tag of the 9p share that carries container filesystems
 
 
 @dataclass(frozen=True)

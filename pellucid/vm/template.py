@@ -34,11 +34,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .. import protocol
+from .. import messages, protocol
 from ..config import Config
-from ..errors import PellucidError, VMError
+from ..errors import AgentError, PellucidError, VMError
 from .assets import resolve
-from .machine import VM, BootTimeline, Hello
+from .machine import VM, BootTimeline
 from .qemu_args import Nic, Share, VMSpec, build_argv
 from .qmp import QMP
 from .size_class import SizeClass
@@ -366,13 +366,12 @@ class Factory:
             finally:
                 _unlock(lock)
             assert vm.agent is not None
-            nics = [{"slot_mac": slot_mac(i), "mac": n.mac} for i, n in enumerate(spec.nics)]
+            nics = [messages.NicSlot(slot_mac=slot_mac(i), mac=n.mac) for i, n in enumerate(spec.nics)]
             try:
-                result = vm.agent.call("clone_resumed", {"entropy": os.urandom(ENTROPY_BYTES).hex(),
-                                                         "time_ns": time.time_ns(), "nics": nics}, timeout=timeout)
-            except (VMError, OSError) as err:
+                vm.hello = vm.agent.call(messages.CloneResumed(entropy=os.urandom(ENTROPY_BYTES),
+                                                               time_ns=time.time_ns(), nics=nics), timeout=timeout)
+            except (VMError, AgentError, OSError) as err:
                 raise VMError(f"the clone did not resume: {err}", vm.console()) from None
-            vm.hello = Hello.parse(result)
             # A clone resumes past kernel entry and init: both stand for the moment its state was loaded.
             restored_ms = (restored - started) * 1000
             vm.timeline = BootTimeline(kernel_ms=restored_ms, init_ms=restored_ms,

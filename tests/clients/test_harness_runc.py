@@ -80,6 +80,8 @@ def test_docker_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchang
         out = dockerd.docker("run", "--rm", "--runtime", "logrunc", "local/busybox", "echo", "hello from docker")
         assert out.stdout == "hello from docker\n"
         assert dockerd.storage_driver == "overlay2"
+        # What a failed client test keeps (tests/evidence.py): both daemons' logs, written.
+        assert [p.name for p in dockerd.logs() if p.stat().st_size] == ["dockerd.log", "containerd.log"]
     # The runtime really was the wrapper, and the teardown left nothing.
     assert ["create", "start", "delete"] == [v for v in _calls(log) if v in ("create", "start", "delete")][:3]
     _assert_gone(dockerd, dockerd.proc, dockerd.containerd.proc)
@@ -134,6 +136,7 @@ def test_ctr_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchanged:
         ref = containerd.import_image(tarball, "docker.io/local/busybox:latest")
         out = containerd.run(ref, "echo1", "echo", "hello from ctr", runtime_binary=str(runtime))
         assert out.stdout == "hello from ctr\n"
+        assert [p.name for p in containerd.logs() if p.stat().st_size] == ["containerd.log"]
     assert _calls(log)[:2] == ["create", "start"]
     assert f"--root {containerd.runc_root}" in log.read_text()
     _assert_gone(containerd, containerd.proc)
@@ -147,5 +150,6 @@ def test_podman_run_echo(tarball: Path, wrapper: tuple[Path, Path], host_unchang
         podman.import_image(tarball, "local/busybox")
         out = podman.podman("run", "--rm", "local/busybox", "sh", "-c", "echo hello from podman; ulimit -n")
         assert out.stdout == "hello from podman\n20000\n"
+        assert [p.name for p in podman.logs() if p.stat().st_size] == ["events.log"]
     assert _calls(log)[:3] == ["--version", "create", "start"]
     _assert_gone(podman)

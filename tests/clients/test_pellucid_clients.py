@@ -23,6 +23,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.evidence import keep_on_failure
+
 from . import harness
 
 PELLUCID = "/usr/local/bin/pellucid"
@@ -161,12 +163,16 @@ def host_unchanged() -> Iterator[None]:
 
 
 @pytest.fixture
-def dockerd(tarball: Path, vms: VMWatch, host_unchanged: None) -> Iterator[harness.Dockerd]:
+def dockerd(tarball: Path, vms: VMWatch, host_unchanged: None,
+            request: pytest.FixtureRequest) -> Iterator[harness.Dockerd]:
     """A private dockerd with pellucid registered as runtime `pellucid`, local/busybox imported.
-    After the test: nothing of pellucid's left under its --root, then the harness's checks."""
+    After the test: nothing of pellucid's left under its --root, then the harness's checks.
+    A failed test keeps the daemons' logs, docker's exec-root (pellucid's --root and VMs) and
+    containerd's state (the bundles, with pellucid's --log)."""
     harness.need("dockerd", "containerd")
     with harness.Dockerd(runtimes={"pellucid": PELLUCID}) as d:
-        assert d.dir is not None
+        assert d.dir is not None and d.containerd is not None and d.containerd.dir is not None
+        keep_on_failure(request.node, *d.logs(), d.dir / "x", d.containerd.dir / "state")
         vms.roots.append(str(d.dir))
         d.import_image(tarball)
         # Docker's --root for the runtime: <exec-root>/runtime-<name>/moby (dockerd 20.10 names
@@ -340,10 +346,14 @@ def test_docker_default_bridge_network_starts(dockerd: harness.Dockerd) -> None:
 
 
 @pytest.fixture
-def containerd(tarball: Path, vms: VMWatch, host_unchanged: None) -> Iterator[harness.Containerd]:
+def containerd(tarball: Path, vms: VMWatch, host_unchanged: None,
+               request: pytest.FixtureRequest) -> Iterator[harness.Containerd]:
+    """A private containerd with local/busybox imported; a failed test keeps its log, pellucid's
+    --root (with the VMs) and containerd's state (the bundles, with pellucid's --log)."""
     harness.need("containerd", "ctr")
     with harness.Containerd() as cd:
         assert cd.dir is not None
+        keep_on_failure(request.node, *cd.logs(), Path(cd.runc_root), cd.dir / "state")
         vms.roots.append(str(cd.dir))
         cd.import_image(tarball, "docker.io/local/busybox:latest")
         yield cd
@@ -358,7 +368,7 @@ IMAGE = "docker.io/local/busybox:latest"
 def ctr_fail_message(cd: harness.Containerd, out: subprocess.CompletedProcess[str] | harness.CommandError) -> str:
     assert cd.dir is not None
     return f"{out}\n" + evidence(Path(cd.runc_root), cd.dir / "state") + \
-        f"\n--- containerd log:\n{harness._tail(cd.log_path)}"
+        f"\n--- containerd log:\n{harness.tail(cd.log_path)}"
 
 
 def test_ctr_run_in_a_vm(containerd: harness.Containerd) -> None:
@@ -430,7 +440,8 @@ def vm_watch_for(cd: harness.Containerd) -> VMWatch:
 
 
 @pytest.fixture
-def podman(tarball: Path, vms: VMWatch, host_unchanged: None) -> Iterator[harness.Podman]:
+def podman(tarball: Path, vms: VMWatch, host_unchanged: None,
+           request: pytest.FixtureRequest) -> Iterator[harness.Podman]:
     """A private podman with --runtime pellucid. Podman passes no --root: pellucid keeps its
     state in /run/pellucid, where every container this test made must be gone afterwards."""
     harness.need("podman", "conmon")
@@ -439,6 +450,7 @@ def podman(tarball: Path, vms: VMWatch, host_unchanged: None) -> Iterator[harnes
     mounts_before = set(harness.mounts_under(root)) if root.exists() else set()
     vms.roots.append(PODMAN_ROOT + "/")
     with harness.Podman(runtime=PELLUCID) as p:
+        keep_on_failure(request.node, *p.logs())  # not /run/pellucid: other work keeps containers there
         p.import_image(tarball, "local/busybox")
         yield p
         p.podman("rm", "--all", "--force", "--time", "0", check=False, timeout=TIMEOUT)

@@ -4,6 +4,7 @@ each VM). Traffic goes only to 127.0.0.1 and to the 169.254.0.0/16 networks the 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import urllib.request
@@ -11,16 +12,21 @@ import uuid
 
 import pytest
 
+from tests.evidence import keep_on_failure
+
 from . import harness
 
 pytestmark = pytest.mark.clients
 
-PELLUCID = "/usr/local/bin/pellucid"
+PELLUCID = os.environ.get("PELLUCID_TEST_BINARY", "/usr/local/bin/pellucid")  # a worktree's own, to try it
 
 
 @pytest.fixture(scope="module")
-def dockerd(tmp_path_factory):
+def dockerd(tmp_path_factory, request):
+    """A private dockerd for the module; a failed test keeps its logs, its exec-root (pellucid's
+    --root and VMs) and its containerd's state."""
     with harness.Dockerd(runtimes={"pellucid": PELLUCID}) as d:
+        keep_on_failure(request.node, *d.logs(), d.dir / "x", d.containerd.dir / "state")
         d.import_image(harness.busybox_tarball(tmp_path_factory.mktemp("image")), "local/busybox")
         yield d
 
@@ -70,4 +76,23 @@ def test_containers_on_a_user_defined_bridge_reach_each_other_by_name(dockerd):
     finally:
         dockerd.docker("rm", "-f", server, check=False)
         dockerd.docker("network", "rm", net, check=False)
+    assert qemu_count() == 0
+
+
+def host_network() -> tuple[str, str]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    qdiscs = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout
+    return links, qdiscs
+
+
+def test_host_networking_is_refused_and_the_hosts_interfaces_are_untouched(dockerd):
+    """A VM cannot share the host's network stack: tc redirects on the host's interfaces would take
+    its traffic. The refusal comes before anything touches an interface, and reaches the user."""
+    before = host_network()
+    out = dockerd.docker("run", "--rm", "--runtime", "pellucid", "--network", "host", "local/busybox", "true",
+                         check=False, timeout=300)
+    assert out.returncode != 0
+    assert "cannot join the host's network namespace" in out.stderr, out.stderr
+    assert "host networking is not supported" in out.stderr, out.stderr
+    assert host_network() == before
     assert qemu_count() == 0

@@ -1,6 +1,8 @@
 """Fixtures for tests that boot real VMs: a runtime configuration with generous timeouts (TCG on
-two shared cores), busybox bundles, the pellucid CLI driven as containerd's shim drives runc, and
-a check after every test that nothing was left behind. On failure, the VM's logs are printed."""
+two shared cores and the guest console written to each VM's console.log), busybox bundles, the
+pellucid CLI driven as containerd's shim drives runc, and a check after every test that nothing was
+left behind. On failure, the VM's logs are printed, and the state directory (VM logs and console
+included) and the runtime's --log are kept (tests/evidence.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import harness
+from tests.evidence import keep_on_failure
 
 REPO = Path(__file__).resolve().parents[2]
 PELLUCID = str(REPO / ".venv/bin/pellucid")
@@ -29,9 +32,10 @@ def qemu_pids(under: Path | str = "") -> set[int]:
 
 @pytest.fixture(scope="session")
 def config_file(tmp_path_factory) -> Path:
-    """The default configuration, but with boot timeouts that survive many VMs booting at once under TCG."""
+    """The default configuration, but with boot timeouts that survive many VMs booting at once under TCG,
+    and the guest's console (kernel messages included) in each VM's console.log, for a failure's evidence."""
     path = tmp_path_factory.mktemp("config") / "pellucid.toml"
-    text = "[hypervisor]\nboot_timeout = 240\n"
+    text = "[hypervisor]\nboot_timeout = 240\ndebug_console = true\n"
     assets = os.environ.get("PELLUCID_TEST_ASSETS_DIR")  # a checkout whose guest code differs builds its own
     if assets:
         text += f'[assets]\ndir = "{assets}"\n'
@@ -45,9 +49,10 @@ def busybox_template(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def root(tmp_path) -> Path:
+def root(tmp_path, request) -> Path:
     """The runtime's --root for this test; after it, no container, mount or QEMU may remain."""
     path = tmp_path / "root"
+    keep_on_failure(request.node, path)
     yield path
     leftovers = [p for p in (path.iterdir() if path.exists() else []) if not p.name.startswith(".")]
     mounts = harness.mounts_under(tmp_path)
@@ -101,8 +106,9 @@ class Runtime:
 
 
 @pytest.fixture
-def runtime(root, config_file, tmp_path) -> Runtime:
+def runtime(root, config_file, tmp_path, request) -> Runtime:
     rt = Runtime(root, config_file, tmp_path / "runtime.log")
+    keep_on_failure(request.node, rt.log)
     yield rt
     rt.cleanup()
 

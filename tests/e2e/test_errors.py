@@ -44,14 +44,6 @@ def test_missing_container(runtime):
     assert runtime("delete", "--force", "ghost").returncode == 0
 
 
-def test_host_network_cannot_be_shared_with_a_vm(runtime, make_bundle):
-    bundle = make_bundle(["true"])
-    config = json.loads((bundle / "config.json").read_text())
-    config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"]
-    (bundle / "config.json").write_text(json.dumps(config))
-    failing(runtime, "create", "--bundle", str(bundle), "hostnet", message="host network namespace")
-
-
 @pytest.mark.vm
 def test_duplicate_id_and_wrong_states(runtime, make_bundle, tmp_path):
     become_subreaper()

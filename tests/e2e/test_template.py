@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pellucid import config as config_mod
-from pellucid import protocol
+from pellucid import messages, protocol
 from pellucid.oci.default_spec import default_spec
 from pellucid.runtime.guest_config import translate
 from pellucid.vm import template as tpl
@@ -97,16 +97,22 @@ def run(vm: VM, share: Path, busybox: Path, cid: str, script: str, timeout: floa
     out = bytearray()
     exits: list[int] = []
     vm.agent.on_stream = lambda id, data: out.extend(data) if protocol.split_stream_id(id)[1] == protocol.STDOUT else None
-    vm.agent.on_event = lambda e: exits.append(e["status"]) if e.get("event") == "exit" else None
-    vm.agent.call("mount_share", {"tag": TAG}, timeout=timeout)
-    vm.agent.call("create_container", {"id": cid, "config": guest_cfg}, timeout=timeout)
-    vm.agent.call("start_container", {"id": cid}, timeout=timeout)
+
+    def on_event(msg: dict) -> None:
+        event = messages.read_event(msg)
+        if isinstance(event, messages.Exit):
+            exits.append(event.status)
+
+    vm.agent.on_event = on_event
+    vm.agent.call(messages.MountShare(TAG), timeout=timeout)
+    vm.agent.call(messages.CreateContainer(cid, guest_cfg), timeout=timeout)
+    vm.agent.call(messages.StartContainer(cid), timeout=timeout)
     deadline = time.monotonic() + timeout
     while not exits:
         assert time.monotonic() < deadline, "the container did not exit"
-        vm.agent.call("ping", timeout=timeout)  # pumps the channel: stream frames and events arrive meanwhile
+        vm.agent.call(messages.Ping(), timeout=timeout)  # pumps the channel: stream frames and events arrive meanwhile
         time.sleep(0.05)
-    vm.agent.call("delete_container", {"id": cid}, timeout=timeout)
+    vm.agent.call(messages.DeleteContainer(cid), timeout=timeout)
     return exits[0], bytes(out)
 
 
@@ -131,7 +137,7 @@ def test_two_clones_answer_with_their_own_boot_ids_and_random_bytes(clones, busy
     """Both clones resume from the same instant; each is reseeded before anything reads the RNG."""
     a, share_a = clones()
     b, share_b = clones()
-    assert a.agent.call("ping")["uptime_ms"] > 0 and b.agent.call("ping")["uptime_ms"] > 0
+    assert a.agent.call(messages.Ping()).uptime_ms > 0 and b.agent.call(messages.Ping()).uptime_ms > 0
     assert a.hello.boot_id and b.hello.boot_id and a.hello.boot_id != b.hello.boot_id
     assert a.hello.rootfs_dax and a.hello.kernel == template.manifest["guest_kernel"]
     script = "head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/boot_id"
@@ -199,11 +205,10 @@ def test_a_clone_gets_the_containers_nic(clones, netns_with_tap):
     ns, tap_fd = netns_with_tap
     mac = "02:42:a9:fe:5b:02"
     vm, _ = clones(nics=(Nic(mac=mac, fd=tap_fd),))
-    result = vm.agent.call("configure_network", {
-        "nics": [{"name": "eth0", "mac": mac, "mtu": 1500,
-                  "addresses": [{"family": 4, "address": "169.254.91.2", "prefixlen": 24}]}],
-        "routes": []}, timeout=TIMEOUT)
-    assert result == {"interfaces": ["eth0"]}
+    result = vm.agent.call(messages.ConfigureNetwork(nics=[messages.Nic(
+        name="eth0", mac=mac, mtu=1500, addresses=[messages.Address(family=4, address="169.254.91.2", prefixlen=24)])]),
+        timeout=TIMEOUT)
+    assert result.interfaces == ["eth0"]
     ping = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "3", "-W", "20", "169.254.91.2"],
                           capture_output=True, text=True, timeout=120)
     assert ping.returncode == 0, ping.stdout + ping.stderr

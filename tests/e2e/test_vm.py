@@ -14,6 +14,7 @@ import time
 import pytest
 
 from pellucid import config as config_mod
+from pellucid import messages
 from pellucid.errors import VMError
 from pellucid.vm import accel
 from pellucid.vm.assets import resolve
@@ -24,6 +25,27 @@ from .conftest import PELLUCID, host_boot_id, qemu_pids
 
 pytestmark = pytest.mark.vm
 
+ASSETS_DIR = os.environ.get("PELLUCID_TEST_ASSETS_DIR", "")  # a checkout whose guest code differs builds its own
+
+
+def config_text(text: str = "", assets: str = "") -> str:
+    """The configuration ``text``, its [assets] table ``assets``, with the tests' asset directory."""
+    table = (f'dir = "{ASSETS_DIR}"\n' if ASSETS_DIR else "") + assets
+    return text + (f"[assets]\n{table}" if table else "")
+
+
+def config(text: str = "", assets: str = "") -> config_mod.Config:
+    return config_mod.parse(config_text(text, assets))
+
+
+def cli_env(tmp_path) -> dict[str, str]:
+    """The environment of a pellucid command that must use the tests' asset directory."""
+    if not ASSETS_DIR:
+        return dict(os.environ)
+    path = tmp_path / "assets.toml"
+    path.write_text(f'[assets]\ndir = "{ASSETS_DIR}"\n')
+    return {**os.environ, config_mod.ENV_PATH: str(path)}
+
 
 def vm_for(cfg: config_mod.Config, tmp_path, accelerator: str = "tcg") -> VM:
     """A VM, not yet started: use it in a with statement."""
@@ -33,7 +55,7 @@ def vm_for(cfg: config_mod.Config, tmp_path, accelerator: str = "tcg") -> VM:
 def test_check_json_reports_a_real_guest(tmp_path):
     """`pellucid check --json` probes the accelerator, boots the guest and reports what it saw."""
     out = subprocess.run([PELLUCID, "--root", str(tmp_path), "check", "--json"], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env=cli_env(tmp_path))
     report = json.loads(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
     kvm = next(c for c in report["checks"] if c["name"] == "kvm")
@@ -47,11 +69,11 @@ def test_check_json_reports_a_real_guest(tmp_path):
 
 
 def test_handshake_ping_and_clean_stop(tmp_path):
-    cfg = config_mod.Config()
+    cfg = config()
     with vm_for(cfg, tmp_path) as vm:
         hello = vm.handshake(240)
         assert hello.kernel != os.uname().release and hello.rootfs_dax
-        assert isinstance(vm.agent.call("ping")["uptime_ms"], int)
+        assert vm.agent.call(messages.Ping()).uptime_ms > 0
         pid = vm.proc.pid
     assert vm.proc.poll() is not None
     assert not os.path.exists(f"/proc/{pid}")
@@ -59,7 +81,7 @@ def test_handshake_ping_and_clean_stop(tmp_path):
 
 def test_microvm_boots_with_its_root_on_virtio_blk(tmp_path):
     """The microvm machine stays a configurable option: no DAX there (no device memory region)."""
-    cfg = config_mod.parse('[hypervisor]\nmachine = "microvm"\n')
+    cfg = config('[hypervisor]\nmachine = "microvm"\n')
     with vm_for(cfg, tmp_path) as vm:
         hello = vm.handshake(240)
     assert hello.rootfs_dax is False and hello.kernel != os.uname().release
@@ -73,7 +95,7 @@ def test_qemu_dies_with_its_parent(tmp_path):
         from pellucid.vm.assets import resolve
         from pellucid.vm.machine import VM
         from pellucid.vm.spec import make_spec
-        cfg = config.Config()
+        cfg = config.parse({config_text()!r})
         vm = VM(make_spec(cfg, resolve(cfg), "tcg"), {str(tmp_path)!r})
         vm.start()
         print(vm.proc.pid, flush=True)
@@ -93,7 +115,7 @@ def test_qemu_dies_with_its_parent(tmp_path):
 def test_a_vm_that_does_not_come_up_is_reported_and_removed(tmp_path):
     bogus = tmp_path / "vmlinux"
     bogus.write_bytes(b"\x7fELF not a kernel")
-    cfg = config_mod.parse(f'[assets]\nkernel = "{bogus}"\n')
+    cfg = config(assets=f'kernel = "{bogus}"\n')
     vm = VM(make_spec(cfg, resolve(cfg), "tcg"), str(tmp_path))
     with pytest.raises(VMError, match="did not come up"):
         with vm:
@@ -103,8 +125,8 @@ def test_a_vm_that_does_not_come_up_is_reported_and_removed(tmp_path):
 
 def test_accelerator_probe_falls_back_and_is_cached(tmp_path):
     """On a host where KVM cannot run our guest, the probe says TCG and why; the verdict is cached."""
-    cfg = config_mod.parse(f'[assets]\ndir = "{tmp_path}"\nkernel = "{config_mod.Config().kernel_path}"\n'
-                           f'image = "{config_mod.Config().image_path}"\n')
+    cfg = config_mod.parse(f'[assets]\ndir = "{tmp_path}"\nkernel = "{config().kernel_path}"\n'
+                           f'image = "{config().image_path}"\n')
     assets = resolve(cfg)
     accelerator, probe = accel.choose(cfg, assets, str(tmp_path / "run"))
     assert probe is not None and accelerator == probe.accelerator
@@ -116,8 +138,9 @@ def test_accelerator_probe_falls_back_and_is_cached(tmp_path):
     assert (forced, none) == ("tcg", None)
 
 
-def test_env_names_the_assets_in_effect_and_the_probe():
-    out = subprocess.run([PELLUCID, "env", "--json"], capture_output=True, text=True, timeout=60, check=True)
+def test_env_names_the_assets_in_effect_and_the_probe(tmp_path):
+    out = subprocess.run([PELLUCID, "env", "--json"], capture_output=True, text=True, timeout=60, check=True,
+                         env=cli_env(tmp_path))
     env = json.loads(out.stdout)
     assets = env["assets"]
     assert assets["kernel_release"] and assets["kernel_release"] != os.uname().release

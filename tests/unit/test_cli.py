@@ -1,13 +1,11 @@
 """The CLI parser takes every command line containerd, Docker, ctr and podman sent to runc."""
 
 import re
-from pathlib import Path
 
 import pytest
 
 from pellucid import cli
-
-CLIENTS = Path(__file__).resolve().parents[3] / "shared" / "clients"
+from tests.fixtures import CLIENTS
 
 
 def recorded_command_lines():

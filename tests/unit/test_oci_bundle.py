@@ -7,8 +7,8 @@ import pytest
 
 from pellucid.errors import BundleError, ConfigError, InvalidId
 from pellucid.oci import bundle
+from tests.fixtures import CLIENTS
 
-CLIENTS = Path(__file__).resolve().parents[3] / "shared" / "clients"
 CONFIGS = sorted(CLIENTS.glob("*/*-config.json"))
 PROCESSES = sorted(CLIENTS.glob("*/*-process.json"))
 
@@ -141,8 +141,11 @@ def test_missing_fields(make_bundle, field, message):
 
 @pytest.mark.parametrize("field, value, message", [
     ("ociVersion", 1, "ociVersion must be a string"),
-    ("ociVersion", "2.0.0", 'unsupported OCI version "2.0.0"'),
-    ("ociVersion", "", 'unsupported OCI version ""'),
+    ("ociVersion", "2.0.0", 'unsupported OCI version "2.0.0": pellucid takes runtime-spec 1.x .*'),
+    ("ociVersion", "", 'unsupported OCI version "": pellucid takes runtime-spec 1.x .*'),
+    ("ociVersion", "garbage", 'unsupported OCI version "garbage": .*'),
+    ("ociVersion", "1garbage", 'unsupported OCI version "1garbage": .*'),
+    ("ociVersion", "1.x", 'unsupported OCI version "1.x": .*'),
     ("root", "rootfs", "root must be an object"),
     ("root.path", "", "root.path must not be empty"),
     ("process", [], "process must be an object"),
@@ -164,7 +167,7 @@ def test_missing_fields(make_bundle, field, message):
     ("mounts", {}, "mounts must be an array"),
     ("mounts", ["/proc"], r"mounts\[0\] must be an object"),
     ("mounts", [{"type": "proc"}], r"mounts\[0\].destination must be specified"),
-    ("mounts", [{"destination": "proc"}], r'mounts\[0\].destination must be an absolute path, not "proc"'),
+    ("mounts", [{"destination": ""}], r"mounts\[0\].destination must not be empty"),
     ("mounts", [{"destination": "/p", "options": "ro"}], r"mounts\[0\].options must be an array"),
     ("annotations", {"a": 1}, "annotations must map strings to strings"),
     ("linux", [], "linux must be an object"),
@@ -192,6 +195,9 @@ def test_invalid_fields(make_bundle, field, value, message):
 @pytest.mark.parametrize("field, value", [
     ("ociVersion", "1.1.0"),
     ("ociVersion", "1.0.2-dev"),
+    ("ociVersion", "1.2.0"),
+    ("ociVersion", "1.3.0"),
+    ("ociVersion", "1.2.1+dev"),
     ("hostname", None),
     ("mounts", None),
     ("hooks", None),
@@ -204,6 +210,12 @@ def test_invalid_fields(make_bundle, field, value, message):
 ])
 def test_accepted_variants(make_bundle, field, value):
     bundle.load_config(str(make_bundle(_with(minimal_config(), field, value))))
+
+
+def test_relative_mount_destinations_are_relative_to_the_root(make_bundle):
+    """runtime-spec 1.2 allows them (deprecated), as runc reads them."""
+    path = make_bundle(_with(minimal_config(), "mounts", [{"destination": "data", "type": "tmpfs"}]))
+    assert bundle.load_config(str(path))["mounts"][0]["destination"] == "/data"
 
 
 def test_absolute_root_path(make_bundle, tmp_path_factory):

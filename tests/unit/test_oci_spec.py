@@ -42,7 +42,7 @@ def test_default_spec_is_fresh_each_time():
 
 def test_features():
     doc = json.loads(json.dumps(features()))
-    assert doc["ociVersionMin"] == "1.0.0" and doc["ociVersionMax"] == "1.1.0"
+    assert doc["ociVersionMin"] == "1.0.0" and doc["ociVersionMax"] == "1.3.0"
     assert doc["hooks"] == list(bundle.HOOK_STAGES)
     assert {"bind", "rbind", "ro", "nosuid", "tmpcopyup"} <= set(doc["mountOptions"])
     linux = doc["linux"]

@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-from pellucid import state
+from pellucid import procs, state
 from pellucid.errors import ContainerError, ContainerExists, NotFound
-from pellucid.state import ContainerState, Status, Store
+from pellucid.host_messages import Network, Nic
+from pellucid.state import ContainerState, Status
+from pellucid.store import Store
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SLEEP = shutil.which("sleep")
@@ -51,10 +53,11 @@ def test_create_load_save_round_trip(store):
         assert st.creator_pid == os.getpid()
         assert store.load("c1").creator_pid == os.getpid()  # written as creating before the body
         assert store.status(store.load("c1")) is Status.CREATING
-        st.pid, st.extra = 1234, {"console": {"socket": "/s"}}
+        st.pid, st.netns = 1234, "/run/netns/x"
+        st.network = Network(nics=[Nic(name="eth0", mac="02:00:00:00:00:01", mtu=1500, tap="pltap0")])
     assert st.creator_pid == 0 and st.sandbox == "c1" and st.kind == "single"
     got = store.load("c1")
-    assert got == st and got.pid == 1234 and got.extra == {"console": {"socket": "/s"}}
+    assert got == st and got.pid == 1234 and got.network.nics[0].tap == "pltap0"
     got.started, got.paused = True, True
     store.save(got)
     assert store.load("c1") == got
@@ -122,7 +125,7 @@ def test_exception_in_body_leaves_nothing(store):
 def test_failed_final_save_leaves_nothing(store):
     with pytest.raises(TypeError):
         with store.create("c1") as st:
-            st.extra["x"] = object()  # not JSON-serialisable
+            st.poststart = [object()]  # not JSON-serialisable
     assert not os.path.exists(store.dir("c1"))
 
 
@@ -249,23 +252,23 @@ def wait_for_zombie(pid):
 
 
 def test_proc_start_time():
-    mine = state.proc_start_time(os.getpid())
+    mine = procs.proc_start_time(os.getpid())
     assert isinstance(mine, int) and mine > 0
-    assert mine == state.proc_start_time(os.getpid())
-    assert state.proc_start_time(0) is None and state.proc_start_time(-1) is None
-    assert state.proc_start_time(2 ** 22 + 1) is None  # above pid_max
+    assert mine == procs.proc_start_time(os.getpid())
+    assert procs.proc_start_time(0) is None and procs.proc_start_time(-1) is None
+    assert procs.proc_start_time(2 ** 22 + 1) is None  # above pid_max
 
 
 def test_parse_stat_with_hostile_comm():
     fields = " ".join(["S"] + [str(i) for i in range(4, 22)] + ["777"] + ["0"] * 30)
-    assert state._parse_stat(f"42 (a) b ) S 1 (c)) {fields}".encode()) == ("S", 777)
-    assert state._parse_stat(b"42 (short) S 1 2") is None
-    assert state._parse_stat(b"garbage") is None
+    assert procs._parse_stat(f"42 (a) b ) S 1 (c)) {fields}".encode()) == ("S", 777)
+    assert procs._parse_stat(b"42 (short) S 1 2") is None
+    assert procs._parse_stat(b"garbage") is None
 
 
 def test_status_of_a_live_process(store, sleeper):
     p = sleeper()
-    st = make(store, pid=p.pid, pid_start=state.proc_start_time(p.pid))
+    st = make(store, pid=p.pid, pid_start=procs.proc_start_time(p.pid))
     assert store.status(st) is Status.CREATED
     st.started = True
     assert store.status(st) is Status.RUNNING
@@ -276,7 +279,7 @@ def test_status_of_a_live_process(store, sleeper):
     assert store.status(st) is Status.STOPPED
     st.pid_start = 0  # unknown start time: the pid alone decides
     assert store.status(st) is Status.RUNNING
-    st.pid_start = state.proc_start_time(p.pid)
+    st.pid_start = procs.proc_start_time(p.pid)
     p.kill()
     p.wait()
     assert store.status(st) is Status.STOPPED
@@ -285,7 +288,7 @@ def test_status_of_a_live_process(store, sleeper):
 def test_status_of_a_zombie_is_stopped(store, sleeper):
     p = sleeper([SLEEP, "0"])
     wait_for_zombie(p.pid)
-    st = make(store, pid=p.pid, pid_start=state.proc_start_time(p.pid), started=True)
+    st = make(store, pid=p.pid, pid_start=procs.proc_start_time(p.pid), started=True)
     assert store.status(st) is Status.STOPPED
 
 
@@ -298,7 +301,7 @@ def test_status_with_comm_holding_spaces_and_parens(store, sleeper, tmp_path):
             if b"(a) b (c)" in f.read():
                 break
         time.sleep(0.01)
-    start = state.proc_start_time(p.pid)
+    start = procs.proc_start_time(p.pid)
     assert start is not None and start > 0
     st = make(store, pid=p.pid, pid_start=start, started=True)
     assert store.status(st) is Status.RUNNING
@@ -306,7 +309,7 @@ def test_status_with_comm_holding_spaces_and_parens(store, sleeper, tmp_path):
 
 def test_status_of_creation(store, sleeper):
     assert store.status(ContainerState("x")) is Status.STOPPED
-    me = ContainerState("x", creator_pid=os.getpid(), creator_start=state.proc_start_time(os.getpid()))
+    me = ContainerState("x", creator_pid=os.getpid(), creator_start=procs.proc_start_time(os.getpid()))
     assert store.status(me) is Status.CREATING
     me.creator_start += 1  # the creator's pid reused by someone else
     assert store.status(me) is Status.STOPPED
@@ -315,13 +318,13 @@ def test_status_of_creation(store, sleeper):
     killed = ContainerState("x", creator_pid=dead.pid)  # create was killed before it had a pid
     assert store.status(killed) is Status.STOPPED
     p = sleeper()
-    killed.pid, killed.pid_start = p.pid, state.proc_start_time(p.pid)  # ... or after
+    killed.pid, killed.pid_start = p.pid, procs.proc_start_time(p.pid)  # ... or after
     assert store.status(killed) is Status.CREATED
 
 
 def test_oci_state(store, sleeper):
     p = sleeper()
-    st = make(store, bundle="/b", rootfs="/b/rootfs", pid=p.pid, pid_start=state.proc_start_time(p.pid),
+    st = make(store, bundle="/b", rootfs="/b/rootfs", pid=p.pid, pid_start=procs.proc_start_time(p.pid),
               started=True)
     assert state.oci_state(st, store.status(st)) == {
         "ociVersion": "1.0.2", "id": "c1", "pid": p.pid, "status": "running", "bundle": "/b",
@@ -382,7 +385,7 @@ def create(root, id, n):
     s = Store(root)
     try:
         with s.create(id, bundle=f"/b{n}") as st:
-            st.extra["n"] = n
+            st.guest_pid = n
             s.save(st)
             st.pid = n
         return "won"
@@ -394,7 +397,7 @@ def test_concurrent_creates_of_distinct_ids(store):
     assert race(create, [(store.root, f"c{n}", n) for n in range(20)]) == ["won"] * 20
     states = store.list()
     assert [st.id for st in states] == sorted(f"c{n}" for n in range(20))
-    assert all(st.bundle == f"/b{st.pid}" and st.extra == {"n": st.pid} and st.creator_pid == 0 for st in states)
+    assert all(st.bundle == f"/b{st.pid}" and st.guest_pid == st.pid and st.creator_pid == 0 for st in states)
 
 
 def test_concurrent_creates_of_one_id(store):
@@ -402,7 +405,7 @@ def test_concurrent_creates_of_one_id(store):
     assert sorted(out) == ["exists"] * 19 + ["won"]
     st = store.load("same")
     winner = out.index("won")
-    assert (st.bundle, st.pid, st.extra, st.creator_pid) == (f"/b{winner}", winner, {"n": winner}, 0)
+    assert (st.bundle, st.pid, st.guest_pid, st.creator_pid) == (f"/b{winner}", winner, winner, 0)
     assert sorted(os.listdir(store.dir("same"))) == ["lock", "state.json"]
 
 
@@ -411,7 +414,7 @@ def increment(root):
     for _ in range(25):
         with s.lock("c1"):
             st = s.load("c1")
-            st.extra["count"] = st.extra.get("count", 0) + 1
+            st.guest_pid += 1
             s.save(st)
     return "done"
 
@@ -420,7 +423,7 @@ def read(root):
     s = Store(root)
     seen = 0
     for _ in range(300):
-        seen = max(seen, s.load("c1").extra.get("count", 0))  # lock-free reads never see a torn file
+        seen = max(seen, s.load("c1").guest_pid)  # lock-free reads never see a torn file
     return seen
 
 
@@ -428,16 +431,16 @@ def test_concurrent_increments_under_lock(store):
     make(store)
     out = race(lambda f: f(store.root), [(increment,)] * 6 + [(read,)] * 2)
     assert out[:6] == ["done"] * 6 and all(0 <= int(seen) <= 150 for seen in out[6:])
-    assert store.load("c1").extra["count"] == 150
+    assert store.load("c1").guest_pid == 150
     assert sorted(os.listdir(store.dir("c1"))) == ["lock", "state.json"]
 
 
 def test_fresh_process_imports_little():
-    code = ("import sys; before = set(sys.modules); import pellucid.state\n"
+    code = ("import sys; before = set(sys.modules); import pellucid.store\n"
             "print(' '.join(sorted(set(sys.modules) - before)))")
     loaded = set(subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True,
                                 text=True, timeout=30).stdout.split())
-    assert "pellucid.state" in loaded
+    assert {"pellucid.state", "pellucid.store", "pellucid.procs"} <= loaded
     assert not loaded & {"dataclasses", "typing", "subprocess", "datetime", "shutil", "contextlib", "threading"}
 
 

@@ -1,0 +1,67 @@
+"""The real :class:`~pellucid.runtime.interfaces.Host`: each method hands over to the module that
+does the work, imported when first needed (``kill`` and ``delete`` must start fast)."""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..host_messages import Network, Nic, VMDescription
+    from .guest_config import Bind
+    from .sandbox import MonitorConnection, MonitorProcess
+    from .shims import ShimHandle
+
+
+class SystemHost:
+    def launch_vm(self, vm_dir: str, desc: VMDescription) -> MonitorProcess:
+        from . import sandbox
+        return sandbox.launch(vm_dir, desc)
+
+    def connect(self, vm_dir: str, timeout: float = 30.0) -> MonitorConnection:
+        from . import sandbox
+        return sandbox.connect(vm_dir, timeout)
+
+    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0) -> None:
+        from . import sandbox
+        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout)
+
+    def start_shim(self, netns: str, console: bool) -> ShimHandle:
+        from .shims import ShimHandle
+        return ShimHandle(netns or None, console=console)
+
+    def stop_shim(self, pid: int, start: int) -> None:
+        from . import shims
+        shims.stop(pid, start)
+
+    def pin_netns(self, path: str) -> None:
+        from . import netns
+        netns.pin_new(path)
+
+    def release_netns(self, path: str) -> None:
+        from . import netns
+        netns.release(path)
+
+    def connect_network(self, netns: str, mode: str) -> Network:
+        from . import network
+        return network.connect(netns, mode)
+
+    def disconnect_network(self, netns: str, nics: list[Nic]) -> None:
+        from . import network
+        network.disconnect(netns, nics)
+
+    def share(self, container_dir: str, rootfs: str, binds: list[Bind]) -> None:
+        from . import mounts
+        mounts.make_binds(container_dir, rootfs, binds)
+
+    def unshare(self, container_dir: str) -> None:
+        from . import mounts
+        mounts.remove_tree(container_dir)
+
+    def unmount_all(self, path: str) -> None:
+        from . import mounts
+        mounts.unmount_all(path)
+
+    def run_hooks(self, stage: str, hooks: list[dict[str, Any]], state: dict[str, Any], cwd: str | None) -> None:
+        from ..oci import hooks as oci_hooks
+        oci_hooks.run_hooks(stage, hooks, state, cwd=cwd)

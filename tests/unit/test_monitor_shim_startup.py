@@ -1,0 +1,133 @@
+"""How the monitor and the shim start: what they read from the runtime (vm.json, the shim's
+request), checked, and the ready line they answer with. No VM is booted: each case fails
+before one would be."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pellucid import messages
+from pellucid.errors import ContainerError, VMError
+from pellucid.host_messages import MonitorReady, Nic, ShimRequest, VMDescription
+from pellucid.monitor import Monitor
+from pellucid.runtime import sandbox
+from pellucid.runtime.ready import read_line
+from pellucid.runtime.shims import ShimHandle
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_monitor(vm_dir: str) -> MonitorReady:
+    r, w = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "pellucid.monitor", vm_dir, "--ready-fd", str(w)], pass_fds=(w,),
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        return MonitorReady.from_json(read_line(r, 30))
+    finally:
+        os.close(r)
+        assert p.wait(30) == 1
+
+
+def test_monitor_reports_a_bad_vm_description(tmp_path):
+    (tmp_path / "vm.json").write_text('{"id": "c1", "vcpus": "two"}')
+    ready = run_monitor(str(tmp_path))
+    assert not ready.ok and "vm.json: field 'vcpus' has the wrong type" in ready.error
+
+
+def test_monitor_reports_a_boot_failure(tmp_path):
+    (tmp_path / "vm.json").write_text(VMDescription(id="c1", config=str(tmp_path / "missing.toml")).to_json())
+    ready = run_monitor(str(tmp_path))
+    assert not ready.ok and "missing.toml" in ready.error
+    assert not (tmp_path / "monitor.sock").exists()
+
+
+def test_monitor_reads_its_description(tmp_path):
+    desc = VMDescription(id="c1", vcpus=2, netns="/run/netns/x")
+    (tmp_path / "vm.json").write_text(desc.to_json())
+    assert Monitor(str(tmp_path)).desc == desc
+    (tmp_path / "vm.json").write_text("{")
+    with pytest.raises(VMError, match="vm.json: invalid JSON"):
+        Monitor(str(tmp_path))
+
+
+def test_monitor_gives_qemu_a_tap_by_name_and_a_macvtap_by_fd(tmp_path):
+    (tmp_path / "vm.json").write_text(VMDescription(id="c1").to_json())
+    monitor = Monitor(str(tmp_path))
+    tap = monitor._nic(Nic(name="eth0", mac="02:00:00:00:00:01", mtu=1400, tap="pltap0"))
+    assert (tap.tap, tap.mac, tap.mtu, tap.fd) == ("pltap0", "02:00:00:00:00:01", 1400, -1)
+    macvtap = monitor._nic(Nic(name="eth0", mac="02:00:00:00:00:01", mtu=1500, tap="plmvt0", device="/dev/null"))
+    assert macvtap.fd >= 0 and monitor._tap_fds == [macvtap.fd]
+    os.close(macvtap.fd)
+
+
+def test_launch_of_a_monitor_that_fails_leaves_no_process(tmp_path):
+    vm_dir = tmp_path / "c1" / "vm"
+    vm_dir.mkdir(parents=True)
+    monitor = sandbox.launch(str(vm_dir), VMDescription(id="c1", config=str(tmp_path / "missing.toml")))
+    with pytest.raises(VMError, match="missing.toml"):
+        monitor.wait_ready(30)
+    assert VMDescription.from_json((vm_dir / "vm.json").read_text()).shares[0].tag == messages.SHARE_TAG
+    with pytest.raises(VMError, match="not running"):
+        sandbox.connect(str(vm_dir))
+
+
+def test_shim_reports_a_monitor_it_cannot_reach(tmp_path):
+    shim = ShimHandle(None)
+    with pytest.raises(ContainerError, match="No such file"):
+        shim.send(ShimRequest(monitor=str(tmp_path / "monitor.sock"), op="exec_process", args={"id": "c1"}), 30)
+    assert shim.wait() == 1
+
+
+def test_shim_checks_its_request(tmp_path):
+    """A request that is not a ShimRequest is refused by the shim, which says why."""
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "pellucid.shim", str(r), str(ready_w)], pass_fds=(r, ready_w),
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(r)
+    os.close(ready_w)
+    os.write(w, b'{"monitor": "/x", "op": "exec_process"}')
+    os.close(w)
+    try:
+        line = read_line(ready_r, 30)
+    finally:
+        os.close(ready_r)
+    assert p.wait(30) == 1
+    assert b"missing field 'args'" in line and b'"ok":false' in line
+
+
+def test_monitor_boot_hands_the_description_to_qemu_and_the_agent(tmp_path, monkeypatch):
+    """vm.json -> QEMU's spec (size, shares, NICs) and the agent's mount_share and configure_network;
+    the VM's info as the ready line carries it."""
+    from pellucid import monitor as monitor_mod
+    from pellucid.host_messages import Address, Network, Share
+    from pellucid.vm.assets import Assets
+    from tests.fakes import FakeVM
+    config = tmp_path / "pellucid.toml"
+    config.write_text('[hypervisor]\naccelerator = "tcg"\nmachine = "q35"\n')
+    monkeypatch.setattr(monitor_mod, "resolve", lambda cfg: Assets("/k", "/i", 1 << 20, "6.1", "k", "i"))
+    vms: list[FakeVM] = []
+    monkeypatch.setattr(monitor_mod, "VM", lambda spec, workdir: vms.append(FakeVM(spec, workdir)) or vms[-1])
+    nic = Nic(name="eth0", index=2, mac="02:42:a9:fe:4d:02", mtu=1450, tap="pltap0",
+              addresses=[Address(family=4, address="169.254.77.2", prefixlen=24)])
+    desc = VMDescription(id="c1", config=str(config), vcpus=2, memory_mib=384, shares=[Share(tag="sandbox", path="/s")],
+                         network=Network(nics=[nic], dns_relay=True))
+    (tmp_path / "vm.json").write_text(desc.to_json())
+    monitor = Monitor(str(tmp_path))
+    monitor.boot()
+    spec = vms[0].spec
+    assert (spec.vcpus, spec.memory_mib, spec.name) == (2, 384, "pellucid-c1")
+    assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s")]
+    assert [(n.tap, n.mac, n.mtu) for n in spec.nics] == [("pltap0", "02:42:a9:fe:4d:02", 1450)]
+    assert vms[0].agent_calls == [
+        (messages.MountShare.OP, {"tag": "sandbox"}),
+        (messages.ConfigureNetwork.OP, {"nics": [nic.for_guest()], "routes": [], "dns_relay": True})]
+    info = monitor.info
+    assert (info.accelerator, info.vcpus, info.memory_mib, info.guest_kernel, info.boot_ms) == ("tcg", 2, 384,
+                                                                                                "6.1.0-fake", 3)
+    assert MonitorReady.from_json(MonitorReady(ok=True, info=info).to_json()).info == info
