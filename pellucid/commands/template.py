@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 
 def template(args: Args) -> int:
     from ..vm import template as tpl
-    root = args.dir or tpl.DEFAULT_DIR
+    cfg = config.load(args.config)
+    root = args.dir or cfg.hypervisor.template_dir
     action = args.action
     if action == "list":
         return _list(tpl, root, args.json)
     if action == "build":
-        return _build(tpl, args, root)
+        return _build(tpl, cfg, args, root)
     if action == "verify":
         return _verify(tpl, root, args.key)
     if action == "remove":
@@ -47,18 +48,18 @@ def _list(tpl, root: str, as_json: bool) -> int:
     return 0
 
 
-def _build(tpl, args: Args, root: str) -> int:
-    from ..runtime.sandbox import SHARE_TAG
-    from ..vm import accel
+def _build(tpl, cfg: config.Config, args: Args, root: str) -> int:
+    from ..messages import SHARE_TAG
+    from ..vm import accel, cloning
     from ..vm.assets import resolve
     from ..vm.size_class import size_class
-    cfg = config.load(args.config)
     memory = int(args.memory) if args.memory else cfg.hypervisor.memory_mib
     vcpus = int(args.vcpus) if args.vcpus else cfg.hypervisor.vcpus
     size = size_class(memory, vcpus, os.cpu_count() or 1)
     if size is None:
         raise PellucidError(f"{memory} MiB and {vcpus} vCPUs are beyond the largest size class: such VMs boot cold")
     accelerator, _ = accel.choose(cfg, resolve(cfg), os.path.join(args.root, ".vm"))
+    cloning.join_cgroups(cloning.prepare_cgroups())  # the template's RAM is charged to pellucid, not the caller
     factory = tpl.Factory(root, boot_timeout=cfg.hypervisor.boot_timeout)
     t = factory.ensure(tpl.class_spec(cfg, accelerator, size, (SHARE_TAG,)), verify_ram=True)
     print(f"template {t.key} ({size.name}, {accelerator}) in {t.dir}, built in {t.manifest.get('build_ms')} ms")

@@ -45,7 +45,6 @@ from .size_class import SizeClass
 from .spec import make_spec
 
 RECIPE = "template-1"  # bump when how a template is made or resumed changes
-DEFAULT_DIR = "/dev/shm/pellucid-templates"  # tmpfs: the RAM files live in memory
 MANIFEST, RAM, STATE = "manifest.json", "ram", "state"
 #: virtio-net migrates the MAC and the MTU the guest saw at boot: a template's NIC slots have these,
 #: and the agent gives each clone's NICs the container's MACs (and MTUs up to this one)
@@ -233,7 +232,7 @@ def load(root: str, key: str) -> Template | None:
     return Template(path, key, manifest) if manifest is not None else None
 
 
-def list_templates(root: str = DEFAULT_DIR) -> list[Template]:
+def list_templates(root: str) -> list[Template]:
     try:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
@@ -266,7 +265,7 @@ def remove(root: str, key: str) -> bool:
 class Factory:
     """Templates for one configuration (QEMU, assets, accelerator): built on first need, cloned."""
 
-    def __init__(self, root: str = DEFAULT_DIR, *, boot_timeout: float = 30.0, nic_slots: int = 1) -> None:
+    def __init__(self, root: str, *, boot_timeout: float = 30.0, nic_slots: int = 1) -> None:
         self.root = root
         self.boot_timeout = boot_timeout
         self.nic_slots = nic_slots
@@ -278,6 +277,13 @@ class Factory:
         except OSError as err:
             raise TemplateError(f"cannot identify the VM's files: {err}") from None
         return template_key(layout, qemu, kernel, image)
+
+    def find(self, spec: VMSpec) -> Template | None:
+        """The valid template for VMs like ``spec``, if it has been built (never builds one)."""
+        key = self.key(spec, shape_of(spec, self.nic_slots))
+        _private_dir(self.root)
+        template = load(self.root, key)
+        return template if template is not None and not problems(template, full=False) else None
 
     def ensure(self, spec: VMSpec, *, verify_ram: bool = False) -> Template:
         """The valid template for VMs like ``spec`` (its NICs' and shares' backends aside), built if need be."""
