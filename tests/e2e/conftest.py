@@ -104,6 +104,10 @@ class Runtime:
     def state(self, id: str) -> dict:
         return json.loads(self("state", id).stdout)
 
+    def vm_info(self, id: str) -> dict:
+        """The VM's info as the container's state keeps it (pellucid.host_messages.VMInfo)."""
+        return json.loads((self.root / id / "state.json").read_text())["vm"]
+
     def evidence(self) -> str:
         """The VMs' monitor logs and consoles, for a failure message."""
         parts = []
