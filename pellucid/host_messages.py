@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from .records import Record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import messages
+
 
 class Address(Record):
     FIELDS = {"family": int, "address": str, "prefixlen": int}
@@ -47,7 +51,7 @@ class Network(Record):
     FIELDS = {"nics": [Nic], "routes": [Route], "dns_relay": bool}
     __slots__ = tuple(FIELDS)
 
-    def for_guest(self) -> "messages.ConfigureNetwork":
+    def for_guest(self) -> messages.ConfigureNetwork:
         """The request that gives the guest this network (checked as the agent will check it)."""
         from . import messages  # the monitor's concern: not on the CLI's path that loads states
         return messages.ConfigureNetwork.from_json({

@@ -58,6 +58,7 @@ class Agent:
         # op -> (its request record, the handler that takes that record and returns the result record)
         self.handlers: dict[str, tuple[type[messages.Request], Callable[[Any], messages.Record | None]]] = {}
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
+        self.credit_handlers: dict[int, Callable[[int], None]] = {}  # stream id -> bytes granted
         self.child_handlers: dict[int, Callable[[int], None]] = {}
         self.on_tick: list[Callable[[], None]] = []
         self.selector.register(fd, selectors.EVENT_READ, self._on_channel)
@@ -125,6 +126,11 @@ class Agent:
             handler = self.stream_handlers.get(frame.id)
             if handler is not None:
                 handler(frame.payload)
+            return
+        if frame.kind == protocol.CREDIT:
+            granted = self.credit_handlers.get(frame.id)
+            if granted is not None:
+                granted(protocol.parse_credit(frame))
             return
         if frame.kind != protocol.REQUEST:
             return

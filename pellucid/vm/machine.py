@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 from .. import messages, procs, protocol
 from ..errors import AgentError, VMError
