@@ -170,13 +170,6 @@ def test_monitor_boot_starts_a_clone_at_its_size_class_then_mounts_and_configure
     assert (monitor.info.template, monitor.info.vcpus, monitor.info.memory_mib) == ("key1", 2, 512)
 
 
-def test_monitor_boots_cold_a_vm_with_a_macvtap(boot_fake, capsys, tmp_path):
-    boot_fake.nic.device = os.devnull  # a macvtap's /dev/tapN, opened for QEMU
-    monitor, vms = boot_fake(templates=True, clone=lambda *a: pytest.fail("a macvtap VM was cloned"))
-    assert len(vms) == 1 and monitor.info.template == ""
-    assert "booting cold, not as a clone: a macvtap NIC" in capsys.readouterr().err
-
-
 def test_monitor_boots_cold_when_the_vm_cannot_be_a_clone_and_says_why(boot_fake, capsys):
     from pellucid.vm.template import TemplateError
 
