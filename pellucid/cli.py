@@ -85,6 +85,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
     "env": ("info", "env", (), _JSON, False, "print the configuration in effect and the guest assets"),
     "assets": ("info", "assets", ("action",), {}, False, "build the guest kernel and root image: `assets build`"),
     "version": ("info", "version", (), {}, False, "print the version"),
+    "template": ("template", "template", ("action", "key?"), {
+        **_JSON, "--dir": ("dir", VALUE, ""), "--memory": ("memory", VALUE, ""), "--vcpus": ("vcpus", VALUE, "")},
+        False, "VM templates clones start from: `template list|build|verify|remove [KEY]`"),
     "install": ("install", "install", ("client",), _INSTALL, False,
                 "make docker, containerd, crio or podman able to run pellucid (--default: as their default)"),
     "uninstall": ("install", "uninstall", ("client",), _UNINSTALL, False,

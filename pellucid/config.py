@@ -30,6 +30,10 @@ class HypervisorConfig:
     debug_console: bool = False
     #: seconds to wait for the agent's handshake after QEMU starts
     boot_timeout: float = 30.0
+    #: start each VM as a clone of a template of its size class (built on first need); false: boot cold
+    templates: bool = True
+    #: where templates are kept: their RAM files, so a tmpfs
+    template_dir: str = "/dev/shm/pellucid-templates"
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,11 @@ class HostCgroup(Record):
 
 
 class VMInfo(Record):
-    """A booted VM, as its monitor reports it (and the container's state keeps it)."""
+    """A booted VM, as its monitor reports it (and the container's state keeps it); ``template``: the
+    key of the template it is a clone of ("" for a cold boot)."""
 
     FIELDS = {"accelerator": str, "machine": str, "guest_kernel": str, "boot_id": str, "rootfs_dax": bool,
-              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int}
+              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int, "template": str}
     __slots__ = tuple(FIELDS)
 
 

@@ -22,7 +22,7 @@ from .config import load as load_config
 from .errors import PellucidError, VMError
 from .host_messages import MonitorReady, Nic, VMDescription, VMInfo
 from .runtime import netns
-from .vm import accel, qemu_args
+from .vm import accel, cloning, qemu_args
 from .vm.assets import resolve
 from .vm.machine import VM
 from .vm.spec import make_spec
@@ -83,10 +83,18 @@ class Monitor:
         console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
         spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{desc.id}", console_file=console,
                          shares=shares, nics=nics, vcpus=desc.vcpus or None, memory_mib=desc.memory_mib or None)
-        self.vm = VM(spec, self.vm_dir)
-        self.vm.start()
-        hello = self.vm.handshake(cfg.hypervisor.boot_timeout)
-        assert self.vm.agent is not None and self.vm.timeline is not None
+        self.vm, template = None, ""
+        if cfg.hypervisor.templates:
+            try:
+                self.vm, template = cloning.start(cfg, spec, self.vm_dir)
+            except (PellucidError, OSError) as err:
+                print(f"pellucid-monitor: booting cold, not as a clone: {err}", file=sys.stderr)
+        if self.vm is None:
+            self.vm = VM(spec, self.vm_dir)
+            self.vm.start()
+            self.vm.handshake(cfg.hypervisor.boot_timeout)
+        hello, spec = self.vm.hello, self.vm.spec  # a clone's size is its class's
+        assert hello is not None and self.vm.agent is not None and self.vm.timeline is not None
         for fd in self._tap_fds:
             os.close(fd)
         for share in shares:
@@ -96,7 +104,7 @@ class Monitor:
         self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
                            boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
                            boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
-                           vcpus=spec.vcpus, memory_mib=spec.memory_mib)
+                           vcpus=spec.vcpus, memory_mib=spec.memory_mib, template=template)
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""

@@ -54,7 +54,7 @@ class FakeAgent:
         if request.OP not in ANSWERS:
             raise AgentError(messages.ERR_UNSUPPORTED, f"unknown operation {request.OP!r}")
         answer = ANSWERS[request.OP]
-        return None if request.RESULT is None else request.RESULT.from_json(answer)
+        return request.read_result(answer)
 
 
 class FakeConnection(FakeAgent):

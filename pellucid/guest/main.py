@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from .. import messages, protocol
-from . import boot, network
+from . import boot, clone, network
 from .agent import Agent, find_port
 from .containers import Containers
 
@@ -19,5 +19,6 @@ def main() -> None:
     agent = Agent(fd, started_ms)
     network.loopback_up()
     agent.handle(messages.ConfigureNetwork, lambda request: network.configure(agent, request))
+    agent.handle(messages.CloneResumed, lambda request: clone.resumed(agent, request))
     Containers(agent)
     agent.run()

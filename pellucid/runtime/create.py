@@ -153,7 +153,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             store.save(st)
             run_hooks(host, "prestart", hooks["prestart"], st, Status.CREATING)
             run_hooks(host, "createRuntime", hooks["createRuntime"], st, Status.CREATING)
-            timeout = cfg.hypervisor.boot_timeout + 30
+            # A first clone may wait for its template's build (two boot timeouts at most), then boot cold.
+            timeout = cfg.hypervisor.boot_timeout * (3 if cfg.hypervisor.templates else 1) + 30
             if kind != "container":
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
                 net = host.connect_network(netns_path, cfg.network.mode)

@@ -5,12 +5,12 @@ the container's VM and reaches it from the other end. Traffic never leaves the t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 
 import pytest
 
+from .conftest import TEMPLATES
 from .oci_client import become_subreaper, read_until, spawn, wait_exit, Pipes
 
 pytestmark = pytest.mark.vm
@@ -62,12 +62,11 @@ def with_netns(bundle, path: str | None) -> None:
 
 
 @pytest.mark.parametrize("mode", ["tcfilter", "macvtap"])
-def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, make_bundle, tmp_path, cni_pair, mode):
+def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, make_bundle, tmp_path, cni_pair, mode,
+                                                                     config_file):
     become_subreaper()
     runtime.config = tmp_path / "pellucid.toml"
-    assets = os.environ.get("PELLUCID_TEST_ASSETS_DIR")
-    runtime.config.write_text(f'[hypervisor]\nboot_timeout = 240\n[network]\nmode = "{mode}"\n'
-                              + (f'[assets]\ndir = "{assets}"\n' if assets else ""))
+    runtime.config.write_text(config_file.read_text() + f'[network]\nmode = "{mode}"\n')
     peer, ctr = cni_pair
     mac = json.loads(sh("ip", "-n", ctr, "-j", "link", "show", "eth0").stdout)[0]["address"]
     bundle = make_bundle(["sh", "-c", "mkdir -p /www && echo hello-from-vm > /www/index.html && "
@@ -80,6 +79,8 @@ def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, m
     out = spawn(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), "web", pipes=pipes)
     pipes.close_child_ends()
     assert out.returncode == 0, runtime.log.read_text() + runtime.evidence()
+    # A clone's NIC (tap or macvtap) is in its template's slot, given the namespace's MAC when it resumed.
+    assert bool(runtime.vm_info("web")["template"]) == TEMPLATES
     runtime("start", "web")
     shown = read_until(pipes.stdout_r, b"serving").decode()
     # The guest's interface is the namespace's: same MAC, MTU, addresses and default route.

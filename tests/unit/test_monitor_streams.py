@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pellucid import protocol, sockets
+from pellucid import messages, protocol, sockets
 from pellucid.monitor import Monitor
 
 CHUNK = protocol.MAX_STREAM_CHUNK
@@ -120,7 +120,7 @@ def test_a_stalled_reader_holds_up_neither_another_process_nor_a_control_request
     assert received == total
 
     cli = monitor.connect()  # `pellucid state` meanwhile
-    cli.send(protocol.request(9, "ping"))
+    cli.send(messages.Ping().encode(9))
     req = monitor.agent.until(lambda f: f.kind == protocol.REQUEST)
     monitor.agent.send(protocol.response_ok(req.id, {"uptime_ms": 1}))
     assert cli.until(lambda f: f.kind == protocol.RESPONSE).id == 9

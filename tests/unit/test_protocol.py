@@ -14,13 +14,13 @@ def frames(data: bytes, reader=None):
 
 
 def test_round_trip_of_every_kind():
-    data = (protocol.request(7, "ping", {"a": 1}) + protocol.response_ok(7, {"x": [1, 2]})
+    data = (protocol.request(7, "an_op", {"a": 1}) + protocol.response_ok(7, {"x": [1, 2]})
             + protocol.response_error(8, "invalid", "bad") + protocol.event("exit", status=3)
             + protocol.stream(protocol.stream_id(5, protocol.STDOUT), b"\x00\xffbytes"))
     got = frames(data)
     assert [f.kind for f in got] == [protocol.REQUEST, protocol.RESPONSE, protocol.RESPONSE, protocol.EVENT,
                                      protocol.STREAM]
-    assert got[0].json() == {"op": "ping", "args": {"a": 1}} and got[0].id == 7
+    assert got[0].json() == {"op": "an_op", "args": {"a": 1}} and got[0].id == 7
     assert got[1].json() == {"ok": True, "result": {"x": [1, 2]}}
     assert got[2].json()["error"] == {"kind": "invalid", "message": "bad"}
     assert got[3].json() == {"event": "exit", "status": 3} and got[3].id == 0
