@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 
+from . import ids
 from .errors import ContainerError, ContainerExists, NotFound
 from .mountinfo import mounts_under
 from .procs import proc_start_time
@@ -37,10 +38,9 @@ _NOT_FOUND = "container does not exist"
 
 
 def _check_id(id: str) -> None:
-    # Ids are validated by the CLI; this is defence in depth against escaping the root, and
-    # keeps dot-names for the runtime's own entries (".vm", ...), which ids()/list() skip.
-    if not id or "/" in id or "\0" in id or id in (".", "..") or id.startswith("."):
-        raise ValueError(f"invalid container id {id!r}")
+    # The CLI checks ids first; this is defence in depth against escaping the root, and keeps
+    # dot-names for the runtime's own entries (".vm", temporary files), which ids()/list() skip.
+    ids.check(id)
 
 
 class Store:

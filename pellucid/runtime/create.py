@@ -8,6 +8,7 @@ import os
 from typing import Any, Callable
 
 from .. import config as config_mod
+from .. import ids
 from .. import messages
 from ..errors import BundleError, ContainerError, NotFound
 from ..host_messages import ShimRequest, VMDescription
@@ -81,7 +82,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
            console_socket: str = "", detached: bool = True, host: Host | None = None) -> ShimProcess:
     """Boot (or join) the VM, create the container in it, stopped before its user process runs."""
     host = host or system_host()
-    oci.validate_id(id)
+    ids.check(id)
     bundle = os.path.abspath(bundle)
     config = oci.load_config(bundle)
     rootfs = oci.rootfs_path(bundle, config)
