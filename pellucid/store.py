@@ -145,17 +145,20 @@ class Store:
         return status(state)
 
     def _make_root(self) -> None:
+        """The root, 0700 as runc's: containers' rootfs and volumes are shared below it (a root
+        made by an older pellucid, 0711, is tightened)."""
         try:
-            os.mkdir(self.root, 0o711)
+            os.mkdir(self.root, 0o700)
         except FileExistsError:
-            return
+            pass
         except FileNotFoundError:
             os.makedirs(os.path.dirname(os.path.abspath(self.root)), exist_ok=True)
             try:
-                os.mkdir(self.root, 0o711)
+                os.mkdir(self.root, 0o700)
             except FileExistsError:
-                return
-        os.chmod(self.root, 0o711)  # whatever the umask
+                pass
+        if os.stat(self.root).st_mode & 0o7777 != 0o700:
+            os.chmod(self.root, 0o700)
 
 
 class _Lock:
@@ -233,7 +236,7 @@ class _Creation:
         store, st, d = self._store, self._state, self._dir
         store._make_root()
         try:
-            os.mkdir(d, 0o711)
+            os.mkdir(d, 0o700)
         except FileExistsError:
             raise ContainerExists(f"container with id exists: {st.id}") from None
         try:

@@ -115,7 +115,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                 netns_path = parent.netns
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
-                os.makedirs(vm_dir)
+                os.mkdir(vm_dir, 0o700)
                 if not netns_path:
                     netns_path = os.path.join(vm_dir, "netns")
                     host.pin_netns(netns_path)

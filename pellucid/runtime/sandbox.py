@@ -66,7 +66,7 @@ class MonitorProcess:
 
 def launch(vm_dir: str, desc: VMDescription) -> MonitorProcess:
     """Write vm.json and start the monitor, which boots the VM."""
-    os.makedirs(shared_dir(vm_dir), exist_ok=True)
+    os.makedirs(shared_dir(vm_dir), 0o700, exist_ok=True)  # the containers' files: root's only
     desc.shares = [Share(tag=messages.SHARE_TAG, path=shared_dir(vm_dir))]
     with open(os.path.join(vm_dir, DESCRIPTION), "w") as f:
         f.write(desc.to_json())
