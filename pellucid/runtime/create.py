@@ -131,10 +131,12 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             timeout = cfg.hypervisor.boot_timeout + 30
             if kind != "container":
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
-                net = host.connect_network(netns_path, cfg.network.mode)
-                undo.push(lambda: host.disconnect_network(netns_path, net.nics))
+                # A create killed from here on leaves taps that delete finds by the VM's names.
+                undo.push(lambda: host.disconnect_network(netns_path, st.network.nics, vm_dir))
+                net = host.connect_network(netns_path, cfg.network.mode, vm_dir)
                 net.dns_relay = _uses_docker_dns(config, bundle)
                 st.network = net
+                store.save(st)
                 vcpus, memory = vm_size(cfg, config)
                 monitor = host.launch_vm(vm_dir, VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory,
                                                                netns=netns_path, network=net))

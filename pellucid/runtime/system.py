@@ -22,17 +22,18 @@ class SystemHost:
         from . import sandbox
         return sandbox.connect(vm_dir, timeout)
 
-    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0) -> None:
+    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
+                force: bool = False) -> None:
         from . import sandbox
-        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout)
+        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout, force)
 
     def start_shim(self, netns: str, console: bool) -> ShimHandle:
         from .shims import ShimHandle
         return ShimHandle(netns or None, console=console)
 
-    def stop_shim(self, pid: int, start: int) -> None:
+    def stop_shim(self, pid: int, start: int, grace: float = 0.0) -> None:
         from . import shims
-        shims.stop(pid, start)
+        shims.stop(pid, start, grace)
 
     def pin_netns(self, path: str) -> None:
         from . import netns
@@ -42,13 +43,13 @@ class SystemHost:
         from . import netns
         netns.release(path)
 
-    def connect_network(self, netns: str, mode: str) -> Network:
+    def connect_network(self, netns: str, mode: str, owner: str) -> Network:
         from . import network
-        return network.connect(netns, mode)
+        return network.connect(netns, mode, owner)
 
-    def disconnect_network(self, netns: str, nics: list[Nic]) -> None:
+    def disconnect_network(self, netns: str, nics: list[Nic], owner: str) -> None:
         from . import network
-        network.disconnect(netns, nics)
+        network.disconnect(netns, nics, owner)
 
     def share(self, container_dir: str, rootfs: str, binds: list[Bind]) -> None:
         from . import mounts
