@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 
 from . import ids
 from .errors import ContainerError, ContainerExists, NotFound
@@ -157,7 +158,10 @@ class Store:
                 os.mkdir(self.root, 0o700)
             except FileExistsError:
                 pass
-        if os.stat(self.root).st_mode & 0o7777 != 0o700:
+        mode = os.stat(self.root).st_mode
+        if not stat.S_ISDIR(mode):
+            raise ContainerError(f"--root {self.root}: not a directory")
+        if mode & 0o7777 != 0o700:
             os.chmod(self.root, 0o700)
 
 

@@ -111,6 +111,12 @@ def _exec_spec(args: Args, store: Store) -> dict:
         return bundle.load_process(args.process)
     if not args.argv:
         raise ContainerError("exec needs a command, or a process with --process")
+    user = _exec_user(args)  # the flags first: a bad one is reported whatever the container
+    if args.cwd and not args.cwd.startswith("/"):
+        raise ContainerError(f"invalid value {args.cwd!r} for flag --cwd: must be an absolute path")
+    for var in args.env:
+        if not var.partition("=")[0] or "=" not in var or "\0" in var:
+            raise ContainerError(f"invalid value {var!r} for flag --env: use NAME=value")
     base = bundle.load_config(store.load(args.id).bundle).get("process", {})
     process = {"terminal": args.tty, "args": args.argv, "cwd": args.cwd or base.get("cwd", "/"),
                "env": list(base.get("env", [])) + args.env, "user": dict(base.get("user", {"uid": 0, "gid": 0})),
@@ -118,15 +124,22 @@ def _exec_spec(args: Args, store: Store) -> dict:
     for key in ("capabilities", "rlimits", "apparmorProfile", "oomScoreAdj"):
         if key in base:
             process[key] = base[key]
+    if user:
+        process["user"] = {**user} if "uid" in user else {**process["user"], **user}
+    return process
+
+
+def _exec_user(args: Args) -> dict:
+    """What --user and --additional-gids set of the process's user, checked."""
+    user: dict = {}
     if args.user:
         uid, _, gid = args.user.partition(":")
         if not uid.isdigit() or (gid and not gid.isdigit()) or int(uid) > MAX_ID or int(gid or 0) > MAX_ID:
-            raise ContainerError(f"invalid user {args.user!r}: use UID[:GID], numbers up to {MAX_ID}")
-        process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+            raise ContainerError(f"invalid value {args.user!r} for flag --user: use UID[:GID], numbers up to {MAX_ID}")
+        user = {"uid": int(uid), "gid": int(gid or 0)}
     if args.additional_gids:
-        process["user"]["additionalGids"] = [_integer("--additional-gids", g, 0, MAX_ID)
-                                             for g in args.additional_gids]
-    return process
+        user["additionalGids"] = [_integer("--additional-gids", g, 0, MAX_ID) for g in args.additional_gids]
+    return user
 
 
 def exec_(args: Args) -> int:
@@ -141,8 +154,14 @@ def exec_(args: Args) -> int:
     return 0 if args.detach else shim.wait()
 
 
+def _check_format(args: Args) -> None:
+    if args.format not in ("table", "json"):
+        raise ContainerError(f"invalid value {args.format!r} for flag --format: use table or json")
+
+
 def ps(args: Args) -> int:
     from ..runtime import lifecycle
+    _check_format(args)
     if args.format == "json":
         # runc answers with host pids, which callers look up in the host's process table (docker top
         # does). The container's processes run in its VM: they have no host pids to give.
@@ -157,6 +176,7 @@ def ps(args: Args) -> int:
 
 def list_(args: Args) -> int:
     from ..runtime import lifecycle
+    _check_format(args)
     states = lifecycle.list_states(_store(args))
     if args.quiet:
         for s in states:

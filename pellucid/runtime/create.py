@@ -15,7 +15,7 @@ from ..host_messages import ShimRequest, VMDescription
 from ..oci import bundle as oci
 from ..state import Status, now_rfc3339
 from ..store import Store
-from . import guest_config
+from . import guest_config, netns
 from .layout import MONITOR_SOCKET, shared_dir, vm_dir_of
 from .lifecycle import MiB, run_hooks, system_host
 from .shims import write_pid_file
