@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import stat
+import time
 
 from . import ids
 from .errors import ContainerError, ContainerExists, NotFound
@@ -36,6 +37,7 @@ STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 
 _NOT_FOUND = "container does not exist"
+ABANDONED_AFTER = 10.0  # seconds: a container directory without a lock file older than this is a killed create's
 
 
 def _check_id(id: str) -> None:
@@ -117,6 +119,36 @@ class Store:
             _rmtree(path)
         except OSError as err:
             raise ContainerError(f"cannot remove {err.filename or path}: {err.strerror}") from err
+
+    def remove_abandoned(self, id: str) -> bool:
+        """Remove the directory of a ``create`` killed before it saved a state (so that no
+        ``delete`` finds it): only if there is no state and no live create holds its lock.
+        Returns whether it was removed."""
+        d = self.dir(id)
+        state = os.path.join(d, STATE_FILE)
+        try:
+            fd = os.open(os.path.join(d, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # killed between mkdir and the lock file, or a create just begun
+            try:
+                if time.time() - os.stat(d).st_mtime < ABANDONED_AFTER:
+                    return False
+            except FileNotFoundError:
+                return False
+            fd = -1
+        except NotADirectoryError:
+            return False
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.exists(state):
+                return False
+            self.remove(id)
+            return True
+        except BlockingIOError:  # its create is alive
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def ids(self) -> list[str]:
         """Ids of the containers (directories) under the root, sorted; none if there is no root."""

@@ -139,6 +139,7 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
             store.remove(id)
     except NotFound:
         if force:
+            store.remove_abandoned(id)  # a create killed before its first save: nothing else was made
             return
         raise
     _warn_hooks(host, "poststop", st.poststop, st, Status.STOPPED)

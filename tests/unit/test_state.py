@@ -480,3 +480,22 @@ def test_an_older_roots_mode_is_tightened(tmp_path):
     with store.create("c1", bundle="/b", rootfs="/b/rootfs"):
         pass
     assert os.stat(root).st_mode & 0o7777 == 0o700
+
+
+def test_delete_force_removes_what_a_create_killed_before_its_first_save_left(tmp_path):
+    from pellucid.runtime import lifecycle
+    from tests.fakes import FakeHost
+    store = Store(str(tmp_path / "root"))
+    os.makedirs(store.dir("half"), 0o700)
+    open(os.path.join(store.dir("half"), "lock"), "w").close()
+    import fcntl
+    held = os.open(os.path.join(store.dir("half"), "lock"), os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # its create still runs: left alone
+    assert not store.remove_abandoned("half") and os.path.isdir(store.dir("half"))
+    os.close(held)  # the create was killed
+    lifecycle.delete(store, "half", force=True, host=FakeHost())
+    assert not os.path.exists(store.dir("half"))
+    os.makedirs(store.dir("young"), 0o700)  # no lock file yet: a create just begun
+    assert not store.remove_abandoned("young") and os.path.isdir(store.dir("young"))
+    os.utime(store.dir("young"), (0, 0))
+    assert store.remove_abandoned("young") and not os.path.exists(store.dir("young"))
