@@ -207,13 +207,20 @@ def _run(argv: list[str]) -> int:
     except UsageError as err:
         log.error(f"pellucid: {err}")
         return 2
+    if args.log_format not in ("text", "json"):
+        log.setup(args.log, "text", args.debug)
+        log.error(f"pellucid: invalid value {args.log_format!r} for flag --log-format: use text or json")
+        return 2
     log.setup(args.log, args.log_format, args.debug)
     if args.help or not args.command:
         print(usage(args.command if args.help else ""))
         return 0
     module_name, function, *_ = COMMANDS[args.command]
-    module = __import__(f"pellucid.commands.{module_name}", fromlist=[function])
     try:
+        if getattr(args, "id", None) is not None:
+            from .ids import check
+            check(args.id)  # before any path is built from it
+        module = __import__(f"pellucid.commands.{module_name}", fromlist=[function])
         return getattr(module, function)(args)
     except PellucidError as err:
         log.error(f"pellucid: {err}")
@@ -223,6 +230,11 @@ def _run(argv: list[str]) -> int:
     except OSError as err:  # writing the output to a broken stdout, among others
         where = f"{err.filename}: " if err.filename else ""
         log.error(f"pellucid: {where}{(err.strerror or str(err)).lower()}")
+        return 1
+    except (ValueError, UnicodeError) as err:  # bad input that no check caught: still its cause, one line
+        import traceback
+        log.debug(traceback.format_exc())
+        log.error(f"pellucid: invalid input: {err}")
         return 1
     except Exception as err:  # a bug: still an error line in the log, and runc's exit status
         import traceback

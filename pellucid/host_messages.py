@@ -33,10 +33,11 @@ class Route(Record):
 
 class Nic(Record):
     """An interface of the container's network namespace and the tap (or macvtap: then ``device``
-    is its /dev/tapN) that joins it to the VM."""
+    is its /dev/tapN) that joins it to the VM; ``ingress``: pellucid added the interface's ingress
+    qdisc (to redirect its traffic to the tap), so removes it at the end."""
 
     FIELDS = {"name": str, "index": int, "mac": str, "mtu": int, "addresses": [Address], "tap": str,
-              "device": str}
+              "device": str, "ingress": bool}
     __slots__ = tuple(FIELDS)
 
     def for_guest(self) -> dict:

@@ -150,6 +150,7 @@ class FakeHost:
         self.vms: dict[str, FakeMonitor] = {}
         self.shims: list[FakeShim] = []
         self.stopped_shims: list[tuple[int, int]] = []
+        self.forced_vm_stops: list[str] = []  # the VM directories stopped with force
         self.shares: set[str] = set()
         self.hooks: list[str] = []
         self.containers: set[str] = set()  # in the guests
@@ -185,10 +186,13 @@ class FakeHost:
             raise VMError("the VM is not running (No such file or directory)")
         return FakeConnection(self, vm_dir)
 
-    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0) -> None:
+    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
+                force: bool = False) -> None:
         self.step("stop_vm")
+        if force:
+            self.forced_vm_stops.append(vm_dir)
         monitor = self.vms.get(vm_dir)
-        if monitor is not None and (monitor.pid, monitor.start) == (monitor_pid, monitor_start):
+        if monitor is not None and (not monitor_pid or (monitor.pid, monitor.start) == (monitor_pid, monitor_start)):
             del self.vms[vm_dir]
 
     def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> FakeShim:
@@ -198,7 +202,7 @@ class FakeHost:
         self.shims.append(shim)
         return shim
 
-    def stop_shim(self, pid: int, start: int) -> None:
+    def stop_shim(self, pid: int, start: int, grace: float = 0.0) -> None:
         self.step("stop_shim")
         self.stopped_shims.append((pid, start))
 
@@ -227,13 +231,13 @@ class FakeHost:
         self.step("release_netns")
         self.netns.discard(path)
 
-    def connect_network(self, netns: str, mode: str) -> Network:
+    def connect_network(self, netns: str, mode: str, owner: str) -> Network:
         self.step("connect_network")
         nics = [Nic(name="eth0", index=2, mac="02:42:a9:fe:4d:02", mtu=1500, tap="pltap0")]
         self.networks[netns] = nics
         return Network(nics=nics)
 
-    def disconnect_network(self, netns: str, nics: list[Nic]) -> None:
+    def disconnect_network(self, netns: str, nics: list[Nic], owner: str) -> None:
         self.step("disconnect_network")
         self.networks.pop(netns, None)
 

@@ -8,6 +8,7 @@ import os
 from typing import Any, Callable
 
 from .. import config as config_mod
+from .. import ids
 from .. import messages
 from ..errors import BundleError, ContainerError, NotFound
 from ..host_messages import HostCgroup, ShimRequest, VMDescription
@@ -101,7 +102,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
            host: Host | None = None) -> ShimProcess:
     """Boot (or join) the VM, create the container in it, stopped before its user process runs."""
     host = host or system_host()
-    oci.validate_id(id)
+    ids.check(id)
     bundle = os.path.abspath(bundle)
     config = oci.load_config(bundle)
     rootfs = oci.rootfs_path(bundle, config)
@@ -137,7 +138,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                 st.cgroup = HostCgroup(dirs=parent.cgroup.dirs)  # the VM's: the sandbox's to remove
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
-                os.makedirs(vm_dir)
+                os.mkdir(vm_dir, 0o700)
                 st.cgroup = host.make_cgroup(cgroup_path, linux.get("resources") or {}, host_overhead(cfg))
                 undo.push(lambda: host.remove_cgroup(st.cgroup))
                 store.save(st)  # a create killed from here on leaves a cgroup that delete removes
@@ -157,10 +158,12 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             timeout = cfg.hypervisor.boot_timeout * (3 if cfg.hypervisor.templates else 1) + 30
             if kind != "container":
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
-                net = host.connect_network(netns_path, cfg.network.mode)
-                undo.push(lambda: host.disconnect_network(netns_path, net.nics))
+                # A create killed from here on leaves taps that delete finds by the VM's names.
+                undo.push(lambda: host.disconnect_network(netns_path, st.network.nics, vm_dir))
+                net = host.connect_network(netns_path, cfg.network.mode, vm_dir)
                 net.dns_relay = _uses_docker_dns(config, bundle)
                 st.network = net
+                store.save(st)
                 vcpus, memory = vm_size(cfg, config)
                 monitor = host.launch_vm(vm_dir, VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory,
                                                                netns=netns_path, network=net),

@@ -9,6 +9,7 @@ from .. import linux
 from ..errors import ContainerError
 from ..mountinfo import mounts_under
 from .guest_config import Bind
+from .readonly import make_readonly
 
 
 def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
@@ -17,15 +18,15 @@ def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
     for bind in binds:
         source = rootfs if bind.name == "rootfs" else bind.source
         target = os.path.join(container_dir, bind.name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.makedirs(os.path.dirname(target), 0o700, exist_ok=True)
         if bind.is_dir:
-            os.makedirs(target, exist_ok=True)
+            os.makedirs(target, 0o700, exist_ok=True)
         elif not os.path.exists(target):
-            open(target, "w").close()
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         try:
             linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
             if bind.readonly:
-                linux.mount("", target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
+                make_readonly(target)  # the mounts below it too
         except OSError as err:
             raise ContainerError(f"cannot share {source} with the VM: {err.strerror or err}") from err
 

@@ -113,10 +113,13 @@ def _enter(netns: str | None, cgroup: Sequence[str]) -> None:
         netns_mod.enter(netns)
 
 
-def stop(pid: int, start: int) -> None:
+def stop(pid: int, start: int, grace: float = 0.0) -> None:
     """Stop a container's shim that is relaying (delete): SIGKILL, never SIGTERM, which it would
-    forward to the workload."""
-    procs.stop(pid, start, term=False)
+    forward to the workload; after ``grace`` seconds for it to exit on its own (its VM stopped)."""
+    if grace > 0:
+        procs.stop(pid, start, ask=lambda: None, term=False, timeout=grace)
+    else:
+        procs.stop(pid, start, term=False)
 
 
 def write_pid_file(path: str, pid: int) -> None:

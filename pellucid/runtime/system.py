@@ -22,17 +22,18 @@ class SystemHost:
         from . import sandbox
         return sandbox.connect(vm_dir, timeout)
 
-    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0) -> None:
+    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
+                force: bool = False) -> None:
         from . import sandbox
-        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout)
+        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout, force)
 
     def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> ShimHandle:
         from .shims import ShimHandle
         return ShimHandle(netns or None, console=console, cgroup=cgroup)
 
-    def stop_shim(self, pid: int, start: int) -> None:
+    def stop_shim(self, pid: int, start: int, grace: float = 0.0) -> None:
         from . import shims
-        shims.stop(pid, start)
+        shims.stop(pid, start, grace)
 
     def make_cgroup(self, path: str, resources: dict[str, Any], overhead: HostCgroup) -> HostCgroup:
         from . import cgroups
@@ -54,13 +55,13 @@ class SystemHost:
         from . import netns
         netns.release(path)
 
-    def connect_network(self, netns: str, mode: str) -> Network:
+    def connect_network(self, netns: str, mode: str, owner: str) -> Network:
         from . import network
-        return network.connect(netns, mode)
+        return network.connect(netns, mode, owner)
 
-    def disconnect_network(self, netns: str, nics: list[Nic]) -> None:
+    def disconnect_network(self, netns: str, nics: list[Nic], owner: str) -> None:
         from . import network
-        network.disconnect(netns, nics)
+        network.disconnect(netns, nics, owner)
 
     def share(self, container_dir: str, rootfs: str, binds: list[Bind]) -> None:
         from . import mounts

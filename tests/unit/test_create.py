@@ -23,7 +23,7 @@ STEPS = ["make_cgroup", "pin_netns", "start_shim", "hook:prestart", "hook:create
 UNDO = {"make_cgroup": "remove_cgroup", "pin_netns": "release_netns", "start_shim": None, "connect_network": "disconnect_network",
         "launch_vm": "stop_vm", "share": "unshare"}
 # Steps that may fail half-way: their undo runs even when they are the one that fails.
-HALF_DONE = {"share"}
+HALF_DONE = {"connect_network", "share"}
 
 
 @pytest.fixture
