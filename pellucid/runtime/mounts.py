@@ -18,7 +18,9 @@ def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
     for bind in binds:
         source = rootfs if bind.name == "rootfs" else bind.source
         target = os.path.join(container_dir, bind.name)
-        os.makedirs(os.path.dirname(target), 0o700, exist_ok=True)
+        # Traversable, not listable: a user-namespaced container's root is a non-zero uid to 9p and
+        # must reach its rootfs; local users are kept out by --root's 0700 above it all.
+        os.makedirs(os.path.dirname(target), 0o711, exist_ok=True)
         if bind.is_dir:
             os.makedirs(target, 0o700, exist_ok=True)
         elif not os.path.exists(target):

@@ -68,7 +68,8 @@ class MonitorProcess:
 def launch(vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
     """Write vm.json and start the monitor, which boots the VM; in the host cgroup directories
     ``cgroup`` from before it runs, so that QEMU, its child, is there too."""
-    os.makedirs(shared_dir(vm_dir), 0o700, exist_ok=True)  # the containers' files: root's only
+    # Traversable by the guest's user-namespaced roots; local users are kept out by --root's 0700.
+    os.makedirs(shared_dir(vm_dir), 0o711, exist_ok=True)
     desc.shares = [Share(tag=messages.SHARE_TAG, path=shared_dir(vm_dir))]
     with open(os.path.join(vm_dir, DESCRIPTION), "w") as f:
         f.write(desc.to_json())
