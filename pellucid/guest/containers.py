@@ -1,6 +1,6 @@
-"""Containers inside the VM. crun carries out each OCI config (namespaces, capabilities, seccomp,
-rlimits, mounts, cgroups); the agent owns the processes' stdio, reaps them (it is PID 1) and
-reports their exits. Hooks the host runs (prestart, createRuntime, poststart, poststop) were
+"""Containers inside the VM: the agent's requests about them. crun (pellucid.guest.crun) carries
+out each OCI config (namespaces, capabilities, seccomp, rlimits, mounts, cgroups); the agent owns
+the processes' stdio (pellucid.guest.stdio), reaps them (it is PID 1) and reports their exits. Hooks the host runs (prestart, createRuntime, poststart, poststop) were
 removed from the config by the host; createContainer and startContainer run here, by crun.
 """
 
@@ -13,16 +13,14 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import termios
 import time
 
 from .. import linux, messages, protocol
+from . import crun
 from .agent import Agent, AgentError
 from .stdio import Stdio
 
-CRUN = "/usr/bin/crun"
-CRUN_ROOT = "/run/crun"
 BUNDLES = messages.GUEST_BUNDLES
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -69,70 +67,6 @@ class Containers:
             agent.handle(request, handler)
         agent.on_tick.append(self._tick)
 
-    # crun.
-
-    def _crun(self, *args: str, stdio: tuple[int, int, int] | None = None, timeout: float = 60.0,
-              console: socket.socket | None = None) -> tuple[subprocess.Popen, int | None]:
-        """Run crun; with ``console``, receive the pty master crun sends on it. Returns crun and that fd."""
-        log = f"{messages.GUEST_RUN}/crun-{os.getpid()}-{time.monotonic_ns()}.log"
-        argv = [CRUN, f"--root={CRUN_ROOT}", f"--log=file:{log}", "--log-format=json", *args]
-        if stdio is None:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-        else:
-            proc = subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
-        master = None
-        try:
-            if console is not None:
-                console.settimeout(timeout)
-                try:
-                    conn, _ = console.accept()
-                except socket.timeout:
-                    conn = None
-                if conn is not None:
-                    with conn:
-                        _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
-                        master = fds[0] if fds else None
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        message = self._crun_error(log, proc)
-        if proc.returncode != 0:
-            if master is not None:
-                os.close(master)
-            raise AgentError(messages.ERR_CRUN, message or f"crun {args[0]} failed with status {proc.returncode}")
-        return proc, master
-
-    @staticmethod
-    def _crun_error(log: str, proc: subprocess.Popen) -> str:
-        lines = []
-        try:
-            with open(log) as f:
-                for line in f.read(65536).splitlines():
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(entry, dict) and entry.get("level") == "error":
-                        lines.append(str(entry.get("msg", "")))
-            os.unlink(log)
-        except OSError:
-            pass
-        if not lines and proc.stderr is not None and proc.returncode:
-            lines.append(proc.stderr.read(4096).decode(errors="replace").strip())
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if proc.stderr is not None:
-            proc.stderr.close()
-        return "; ".join(lines)[:4000]
-
-    def _crun_output(self, *args: str) -> str:
-        proc = subprocess.run([CRUN, f"--root={CRUN_ROOT}", *args], capture_output=True, timeout=30)
-        if proc.returncode != 0:
-            raise AgentError(messages.ERR_CRUN, proc.stderr.decode(errors="replace").strip()[:4000])
-        return proc.stdout.decode(errors="replace")
-
     # Processes and their stdio.
 
     def _new_process(self, container: str, tty: bool) -> Process:
@@ -155,7 +89,7 @@ class Containers:
                 args = [args[0], f"--console-socket={sock_path}", *args[1:]]
                 devnull = os.open("/dev/null", os.O_RDWR)
                 child_fds = [devnull]
-                _, master = self._crun(*args, stdio=(devnull, devnull, devnull), console=console)
+                _, master = crun.run(*args, stdio=(devnull, devnull, devnull), console=console)
                 if master is None:
                     raise AgentError(messages.ERR_CRUN, "crun sent no terminal")
                 os.set_blocking(master, False)
@@ -166,7 +100,7 @@ class Containers:
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 child_fds = [in_r, out_w, err_w]
                 try:
-                    self._crun(*args, stdio=(in_r, out_w, err_w))
+                    crun.run(*args, stdio=(in_r, out_w, err_w))
                 except AgentError:
                     for fd in (in_w, out_r, err_r):
                         os.close(fd)
@@ -242,7 +176,7 @@ class Containers:
         return messages.ProcessResult(process=proc.number, pid=proc.pid)
 
     def start(self, request: messages.StartContainer) -> None:
-        self._crun("start", request.id)
+        crun.run("start", request.id)
 
     def exec(self, request: messages.ExecProcess) -> messages.ProcessResult:
         cid = request.id
@@ -290,17 +224,17 @@ class Containers:
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
 
     def pause(self, request: messages.PauseContainer) -> None:
-        self._crun("pause", request.id)
+        crun.run("pause", request.id)
 
     def resume(self, request: messages.ResumeContainer) -> None:
-        self._crun("resume", request.id)
+        crun.run("resume", request.id)
 
     def update(self, request: messages.UpdateContainer) -> None:
         path = f"{BUNDLES}/{request.id}/update.json"
         with open(path, "w") as f:
             json.dump(request.resources, f)
         try:
-            self._crun("update", f"--resources={path}", request.id)
+            crun.run("update", f"--resources={path}", request.id)
         finally:
             os.unlink(path)
 
@@ -309,13 +243,13 @@ class Containers:
         number = self.inits.get(cid)
         if number is not None and self.processes[number].status is None:
             try:
-                self._crun("kill", "--all", cid, str(int(signal.SIGKILL)))
+                crun.run("kill", "--all", cid, str(int(signal.SIGKILL)))
             except AgentError:
                 pass
         try:
-            self._crun("delete", "--force", cid)
+            crun.run("delete", "--force", cid)
         except AgentError:
-            if os.path.exists(f"{CRUN_ROOT}/{cid}"):
+            if os.path.exists(f"{crun.ROOT}/{cid}"):
                 raise
         for n in [n for n, p in self.processes.items() if p.container == cid]:
             p = self.processes.pop(n)
@@ -328,7 +262,7 @@ class Containers:
 
     def ps(self, request: messages.Ps) -> messages.PsResult:
         """The container's processes, read from the guest's /proc via its cgroup."""
-        pids = json.loads(self._crun_output("ps", "--format=json", request.id) or "[]")
+        pids = json.loads(crun.output("ps", "--format=json", request.id) or "[]")
         result = []
         for pid in pids if isinstance(pids, list) else []:
             try:
