@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+from .. import mountinfo as mountinfo_mod
 from ..config import Config
 from ..config import load as load_config
 from ..errors import PellucidError
@@ -50,7 +51,8 @@ def _mounts(mountinfo: str) -> list[tuple[str, str, str]]:
             continue
         sep = fields.index("-")
         if len(fields) > sep + 3 and fields[sep + 1] in ("cgroup", "cgroup2"):
-            found.append((fields[4].encode().decode("unicode_escape"), fields[sep + 1], fields[sep + 3]))
+            point = os.fsdecode(mountinfo_mod.unescape(os.fsencode(fields[4])))  # exact, as the kernel escapes
+            found.append((point, fields[sep + 1], fields[sep + 3]))
     return found
 
 
