@@ -67,6 +67,10 @@ class ContainerState(Record):
     - ``vm``: the VM's info (sandbox and single containers); ``monitor_pid``/``monitor_start``:
       its monitor daemon, which owns QEMU.
     - ``process``/``guest_pid``: the init process's number with the agent and its pid in the guest.
+    - ``retired``: deleted, but the state stays to hold its VM while containers that joined its
+      namespaces live (the last of them to go stops the VM and removes it: design.md "VM lifetime").
+    - ``namespaces``: a pod sandbox's namespace paths as its config named them (CRI-O's pinned
+      namespaces, which its containers name again to join the sandbox's: pellucid.runtime.joins).
     """
 
     FIELDS = {
@@ -74,7 +78,8 @@ class ContainerState(Record):
         "pid": int, "pid_start": int, "started": bool, "paused": bool, "sandbox": str, "kind": str,
         "creator_pid": int, "creator_start": int, "netns": str, "network": Network, "poststart": list,
         "poststop": list, "terminal": bool, "vm": VMInfo, "monitor_pid": int, "monitor_start": int,
-        "process": int, "guest_pid": int,
+        "process": int, "guest_pid": int, "namespaces": dict,
+        "retired": bool,
     }
     REQUIRED = ("id",)
     __slots__ = tuple(FIELDS)
