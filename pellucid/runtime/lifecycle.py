@@ -50,7 +50,7 @@ def _warn_hooks(host: Host, stage: str, hooks: list[dict], st: ContainerState, c
 def refresh(store: Store, id: str) -> tuple[ContainerState, Status]:
     st = store.load(id)
     if st.retired:  # deleted; its state stays only to hold the VM that others still use
-        raise NotFound(f"container {id} does not exist")
+        raise NotFound("container does not exist")
     return st, status(st)
 
 
