@@ -57,8 +57,9 @@ class ContainerState(Record):
     - ``pid``/``pid_start``: the shim standing for the container's init (its pid and start time,
       pellucid.procs); 0 when there is none yet, or unknown. The runtime stops it through these.
     - ``started``: ``start`` has run. ``paused``: ``pause`` has run and ``resume`` not since.
-    - ``sandbox``: id of the VM/pod sandbox the container lives in (its own id by default).
-    - ``kind``: "single" (one VM per container), "sandbox" (a pod's VM) or "container" (in a pod).
+    - ``sandbox``: id of the container that owns the VM the container lives in (its own by default).
+    - ``kind``: "single" (one VM per container), "sandbox" (a pod's VM) or "container" (in another's
+      VM: its pod's, or that of the container whose namespaces it joined; pellucid.runtime.joins).
     - ``creator_pid``/``creator_start``: the ``create`` command while status is creating, else 0.
     - ``netns``: the network namespace the VM and the shims run in; ``network``: how the VM is
       connected to it (the sandbox's own; empty for a container in a pod).

@@ -40,7 +40,7 @@ class Placement(NamedTuple):
 def _shim_owner(states: list[ContainerState], pid: int) -> ContainerState | None:
     """The live pellucid container whose shim (its init's stand-in on the host) is ``pid``."""
     for st in states:
-        if st.pid == pid and alive(st.pid, st.pid_start):
+        if st.pid == pid and st.guest_pid and not st.retired and alive(st.pid, st.pid_start):
             return st
     return None
 
