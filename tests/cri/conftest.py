@@ -55,7 +55,9 @@ def runtime_env(work: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def containerd(cri_image_archives: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriContainerd]:
     """A private containerd with handlers runc and pellucid, both images imported; nothing left after it."""
-    with CriContainerd({"pellucid": PELLUCID_BINARY}, env=runtime_env(tmp_path_factory.mktemp("pellucid"))) as cd:
+    # A deadline past the runtime's boot timeout: VMs boot under TCG on a host that others load too.
+    with CriContainerd({"pellucid": PELLUCID_BINARY}, env=runtime_env(tmp_path_factory.mktemp("pellucid")),
+                       request_timeout=300) as cd:
         for archive in cri_image_archives:
             cd.import_image(archive)
         yield cd
