@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 
-from .host_messages import Network, VMInfo
+from .host_messages import HostCgroup, Network, VMInfo
 from .procs import alive
 from .records import Record
 
@@ -72,6 +72,8 @@ class ContainerState(Record):
       namespaces live (the last of them to go stops the VM and removes it: design.md "VM lifetime").
     - ``namespaces``: a pod sandbox's namespace paths as its config named them (CRI-O's pinned
       namespaces, which its containers name again to join the sandbox's: pellucid.runtime.joins).
+    - ``cgroup``: the VM's host cgroup, which holds the shims (of a container that joined a VM: the
+      VM owner's, which removes it).
     """
 
     FIELDS = {
@@ -79,7 +81,7 @@ class ContainerState(Record):
         "pid": int, "pid_start": int, "started": bool, "paused": bool, "sandbox": str, "kind": str,
         "creator_pid": int, "creator_start": int, "netns": str, "network": Network, "poststart": list,
         "poststop": list, "terminal": bool, "vm": VMInfo, "monitor_pid": int, "monitor_start": int,
-        "process": int, "guest_pid": int, "namespaces": dict,
+        "process": int, "guest_pid": int, "cgroup": HostCgroup, "namespaces": dict,
         "retired": bool,
     }
     REQUIRED = ("id",)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -20,13 +19,12 @@ import time
 
 from .. import linux, messages, protocol
 from .agent import Agent, AgentError
+from .stdio import Stdio
 
 CRUN = "/usr/bin/crun"
 CRUN_ROOT = "/run/crun"
 BUNDLES = messages.GUEST_BUNDLES
 CGROUP_ROOT = "/sys/fs/cgroup"
-OUT_HIGH_WATER = 4 << 20  # stop reading container output while this much waits for the host
-EXIT_DRAIN_SECONDS = 2.0  # how long an exit waits for output still buffered in its pipes
 
 
 def set_net_sysctls(values: dict[str, str]) -> None:
@@ -48,9 +46,7 @@ class Process:
         self.container = container
         self.tty = tty
         self.pid = 0
-        self.stdin: int | None = None  # fd we write the process's stdin to (pty master when tty)
-        self.outputs: dict[int, int] = {}  # fd we read -> protocol stream fd (STDOUT/STDERR)
-        self.pending_in = bytearray()
+        self.stdio: Stdio | None = None
         self.status: int | None = None
         self.exited_at = 0.0
         self.reported = False
@@ -62,7 +58,6 @@ class Containers:
         self.processes: dict[int, Process] = {}
         self.inits: dict[str, int] = {}  # container id -> process number of its init
         self._next = 1
-        self._throttled: list[int] = []
         os.makedirs(BUNDLES, exist_ok=True)
         for request, handler in (
                 (messages.CreateContainer, self.create), (messages.StartContainer, self.start),
@@ -164,8 +159,7 @@ class Containers:
                 if master is None:
                     raise AgentError(messages.ERR_CRUN, "crun sent no terminal")
                 os.set_blocking(master, False)
-                proc.stdin = master
-                proc.outputs = {master: protocol.STDOUT}
+                stdin, outputs = master, {master: protocol.STDOUT}
             else:
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -179,8 +173,7 @@ class Containers:
                     raise
                 for fd in (in_w, out_r, err_r):
                     os.set_blocking(fd, False)
-                proc.stdin = in_w
-                proc.outputs = {out_r: protocol.STDOUT, err_r: protocol.STDERR}
+                stdin, outputs = in_w, {out_r: protocol.STDOUT, err_r: protocol.STDERR}
         finally:
             for fd in child_fds:
                 os.close(fd)
@@ -190,65 +183,8 @@ class Containers:
         with open(pid_file) as f:
             proc.pid = int(f.read().strip())
         os.unlink(pid_file)
+        proc.stdio = Stdio(self.agent, proc.number, stdin, outputs, proc.tty, lambda p=proc: self._maybe_report(p))
         self.agent.child_handlers[proc.pid] = lambda status, p=proc: self._exited(p, status)
-        for fd in proc.outputs:
-            self.agent.selector.register(fd, selectors.EVENT_READ, lambda mask, fd=fd, p=proc: self._read(p, fd))
-        self.agent.stream_handlers[protocol.stream_id(proc.number, protocol.STDIN)] = \
-            lambda data, p=proc: self._write_stdin(p, data)
-
-    def _read(self, proc: Process, fd: int) -> None:
-        if len(self.agent.out) > OUT_HIGH_WATER:
-            self.agent.selector.unregister(fd)
-            self._throttled.append(fd)
-            return
-        try:
-            data = os.read(fd, protocol.MAX_STREAM_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""  # EIO on a pty master once the terminal's last user is gone
-        if data:
-            self.agent.send(protocol.stream(protocol.stream_id(proc.number, proc.outputs[fd]), data))
-            return
-        self._close_output(proc, fd)
-
-    def _close_output(self, proc: Process, fd: int) -> None:
-        stream = proc.outputs.pop(fd)
-        try:
-            self.agent.selector.unregister(fd)
-        except KeyError:
-            pass
-        if fd == proc.stdin:
-            proc.stdin = None
-        os.close(fd)
-        self.agent.send(protocol.stream(protocol.stream_id(proc.number, stream), b""))
-        self._maybe_report(proc)
-
-    def _write_stdin(self, proc: Process, data: bytes) -> None:
-        if proc.stdin is None:
-            return
-        if not data:  # the host closed stdin
-            if not proc.tty:
-                os.close(proc.stdin)
-                proc.stdin = None
-            return
-        proc.pending_in += data
-        self._flush_stdin(proc)
-
-    def _flush_stdin(self, proc: Process) -> None:
-        fd = proc.stdin
-        if fd is None:
-            proc.pending_in.clear()
-            return
-        try:
-            n = os.write(fd, proc.pending_in)
-            del proc.pending_in[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            proc.pending_in.clear()
-        if len(proc.pending_in) > OUT_HIGH_WATER:
-            proc.pending_in.clear()  # the process does not read its stdin: drop rather than grow
 
     def _exited(self, proc: Process, status: int) -> None:
         proc.status = 128 - status if status < 0 else status
@@ -256,30 +192,15 @@ class Containers:
         self._maybe_report(proc)
 
     def _maybe_report(self, proc: Process) -> None:
-        """The exit event follows the process's last output, or a bounded wait for it."""
-        if proc.status is None or proc.reported:
-            return
-        if proc.outputs and time.monotonic() - proc.exited_at < EXIT_DRAIN_SECONDS:
+        """The exit event follows the process's last output (see Stdio.drained)."""
+        if proc.status is None or proc.reported or proc.stdio is None or not proc.stdio.drained(proc.exited_at):
             return
         proc.reported = True
-        for fd in list(proc.outputs):
-            self._close_output(proc, fd)
-        if proc.stdin is not None and not proc.tty:
-            os.close(proc.stdin)
-        proc.stdin = None
-        self.agent.stream_handlers.pop(protocol.stream_id(proc.number, protocol.STDIN), None)
+        proc.stdio.close()
         self.agent.emit(messages.Exit(process=proc.number, container=proc.container, status=proc.status))
 
     def _tick(self) -> None:
-        if self._throttled and len(self.agent.out) < OUT_HIGH_WATER // 2:
-            for fd in self._throttled:
-                proc = next((p for p in self.processes.values() if fd in p.outputs), None)
-                if proc is not None:
-                    self.agent.selector.register(fd, selectors.EVENT_READ, lambda m, fd=fd, p=proc: self._read(p, fd))
-            self._throttled.clear()
         for proc in list(self.processes.values()):
-            if proc.stdin is not None and proc.pending_in:
-                self._flush_stdin(proc)
             self._maybe_report(proc)
 
     def _process(self, number: int) -> Process:
@@ -296,6 +217,9 @@ class Containers:
         if not os.path.ismount(target):
             linux.mount(request.tag, target, "9p", linux.MS_NODEV,
                         "trans=virtio,version=9p2000.L,msize=262144,cache=mmap,posixacl")
+            # Shared, as a bind source is on a systemd host: a container whose config asks for
+            # shared propagation (rootfsPropagation, "rshared" binds) gets binds that are peers.
+            linux.mount("none", target, None, linux.MS_SHARED)
 
     def create(self, request: messages.CreateContainer) -> messages.ProcessResult:
         cid = request.id
@@ -360,9 +284,10 @@ class Containers:
 
     def resize(self, request: messages.Resize) -> None:
         proc = self._process(request.process)
-        if not proc.tty or proc.stdin is None:
+        terminal = proc.stdio.terminal if proc.stdio is not None else None
+        if terminal is None:
             return
-        fcntl.ioctl(proc.stdin, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
 
     def pause(self, request: messages.PauseContainer) -> None:
         self._crun("pause", request.id)
@@ -394,10 +319,9 @@ class Containers:
                 raise
         for n in [n for n, p in self.processes.items() if p.container == cid]:
             p = self.processes.pop(n)
-            for fd in list(p.outputs):
-                self._close_output(p, fd)
-            if p.stdin is not None and not p.tty:
-                os.close(p.stdin)
+            if p.stdio is not None:
+                p.stdio.close()
+            self._maybe_report(p)
             self.agent.child_handlers.pop(p.pid, None)
         self.inits.pop(cid, None)
         shutil.rmtree(f"{BUNDLES}/{cid}", ignore_errors=True)
@@ -448,11 +372,34 @@ class Containers:
             text = text.strip()
             return int(text) if text.isdigit() else 0
 
+        def limit(name: str) -> int:
+            text = read(name).strip()
+            return int(text) if text.isdigit() else 0  # "max" or absent: none
+
         cpu = keyed(read("cpu.stat"))
         mem = keyed(read("memory.stat"))
-        limit = read("memory.max").strip()
         return messages.StatsResult(
             cpu_total=cpu.get("usage_usec", 0) * 1000, cpu_user=cpu.get("user_usec", 0) * 1000,
             cpu_kernel=cpu.get("system_usec", 0) * 1000, memory_usage=number(read("memory.current")),
-            memory_limit=int(limit) if limit.isdigit() else 0, memory_cache=mem.get("file", 0), memory_raw=mem,
-            pids_current=number(read("pids.current")))
+            memory_limit=limit("memory.max"), memory_cache=mem.get("file", 0), memory_raw=mem,
+            pids_current=number(read("pids.current")), memory_max=number(read("memory.peak")),
+            memory_failcnt=keyed(read("memory.events")).get("max", 0), pids_limit=limit("pids.max"),
+            cpu_periods=cpu.get("nr_periods", 0), cpu_throttled_periods=cpu.get("nr_throttled", 0),
+            cpu_throttled_time=cpu.get("throttled_usec", 0) * 1000, network=interface_stats())
+
+
+def interface_stats() -> list[messages.InterfaceStats]:
+    """The VM's interfaces but loopback: the container's network namespace is the VM's."""
+    out = []
+    for name in sorted(os.listdir("/sys/class/net"))[:256]:
+        if name == "lo":
+            continue
+        counters = {}
+        for counter in messages.InterfaceStats.NAMES:
+            try:
+                with open(f"/sys/class/net/{name}/statistics/{counter}") as f:
+                    counters[counter] = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pass
+        out.append(messages.InterfaceStats(name, **counters))
+    return out

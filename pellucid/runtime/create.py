@@ -8,13 +8,14 @@ import os
 from typing import Any, Callable
 
 from .. import config as config_mod
+from .. import ids
 from .. import messages
-from ..errors import BundleError, ContainerError, NotFound
-from ..host_messages import ShimRequest, VMDescription
+from ..errors import BundleError, ContainerError
+from ..host_messages import HostCgroup, ShimRequest, VMDescription
 from ..oci import bundle as oci
 from ..state import ContainerState, Status, now_rfc3339
 from ..store import Store
-from . import guest_config, joins, netns
+from . import cgroups, guest_config, joins, netns
 from .layout import MONITOR_SOCKET, shared_dir, vm_dir_of
 from .lifecycle import MiB, run_hooks, system_host
 from .shims import write_pid_file
@@ -71,7 +72,26 @@ def vm_size(cfg: config_mod.Config, config: dict[str, Any], pod: bool = False) -
     vcpus = cfg.hypervisor.vcpus
     if isinstance(quota, int) and isinstance(period, int) and quota > 0 and period > 0:
         vcpus = max(vcpus, math.ceil(quota / period))
-    return min(vcpus, os.cpu_count() or 1), memory
+    cpus = (((config.get("linux") or {}).get("resources") or {}).get("cpu") or {}).get("cpus")
+    if isinstance(cpus, str) and cpus:
+        vcpus = min(vcpus, cpu_count(cpus))  # the host cgroup's cpuset confines the VM to these
+    return max(1, min(vcpus, os.cpu_count() or 1)), memory
+
+
+def cpu_count(cpus: str) -> int:
+    """How many CPUs a cpuset list ("0-3,8") names (a malformed one is the host cgroup's to refuse)."""
+    count = 0
+    for part in cpus.split(","):
+        low, _, high = part.strip().partition("-")
+        if low.isdigit() and (not high or high.isdigit()):
+            count += int(high or low) - int(low) + 1
+    return count
+
+
+def host_overhead(cfg: config_mod.Config) -> HostCgroup:
+    """The VM's cost beyond its container's limits: the guest's base RAM plus the declared overhead."""
+    return HostCgroup(memory_overhead=(cfg.hypervisor.memory_mib + cfg.overhead.memory_mib) * MiB,
+                      cpu_millis=cfg.overhead.cpu_millis, pids=cfg.overhead.pids)
 
 
 def check_fits(vm: ContainerState, config: dict[str, Any]) -> None:
@@ -104,10 +124,11 @@ class _Undo:
 
 
 def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_file: str = "",
-           console_socket: str = "", detached: bool = True, host: Host | None = None) -> ShimProcess:
+           console_socket: str = "", detached: bool = True, systemd_cgroup: bool = False,
+           host: Host | None = None) -> ShimProcess:
     """Boot (or join) the VM, create the container in it, stopped before its user process runs."""
     host = host or system_host()
-    oci.validate_id(id)
+    ids.check(id)
     bundle = os.path.abspath(bundle)
     config = oci.load_config(bundle)
     rootfs = oci.rootfs_path(bundle, config)
@@ -133,6 +154,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                                               namespace_paths=placement.guest_paths)
     if parent is not None:
         check_fits(parent, config)
+    linux = config.get("linux") or {}
+    cgroup_path = cgroups.cgroup_path(linux.get("cgroupsPath") or "", id, systemd_cgroup)
     with store.create(id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), kind=kind,
                       sandbox=parent.id if parent is not None else id,
                       namespaces=placement.given if kind == oci.SANDBOX else {},
@@ -142,14 +165,18 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             if parent is not None:
                 vm_dir = vm_dir_of(store, parent)
                 netns_path = parent.netns
+                st.cgroup = HostCgroup(dirs=parent.cgroup.dirs)  # the VM's: the sandbox's to remove
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
-                os.makedirs(vm_dir)
+                os.mkdir(vm_dir, 0o700)
+                st.cgroup = host.make_cgroup(cgroup_path, linux.get("resources") or {}, host_overhead(cfg))
+                undo.push(lambda: host.remove_cgroup(st.cgroup))
+                store.save(st)  # a create killed from here on leaves a cgroup that delete removes
                 if not netns_path:
                     netns_path = os.path.join(vm_dir, "netns")
                     host.pin_netns(netns_path)
                     undo.push(lambda: host.release_netns(netns_path))
-            shim = host.start_shim(netns_path, console=bool(console_socket))
+            shim = host.start_shim(netns_path, console=bool(console_socket), cgroup=st.cgroup.dirs)
             undo.push(shim.abort)
             st.pid, st.pid_start = shim.pid, shim.start
             st.netns, st.terminal = netns_path, terminal
@@ -157,16 +184,20 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             store.save(st)
             run_hooks(host, "prestart", hooks["prestart"], st, Status.CREATING)
             run_hooks(host, "createRuntime", hooks["createRuntime"], st, Status.CREATING)
-            timeout = cfg.hypervisor.boot_timeout + 30
+            # A first clone may wait for its template's build (two boot timeouts at most), then boot cold.
+            timeout = cfg.hypervisor.boot_timeout * (3 if cfg.hypervisor.templates else 1) + 30
             if parent is None:
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
-                net = host.connect_network(netns_path, cfg.network.mode)
-                undo.push(lambda: host.disconnect_network(netns_path, net.nics))
+                # A create killed from here on leaves taps that delete finds by the VM's names.
+                undo.push(lambda: host.disconnect_network(netns_path, st.network.nics, vm_dir))
+                net = host.connect_network(netns_path, cfg.network.mode, vm_dir)
                 net.dns_relay = _uses_docker_dns(config, bundle)
                 st.network = net
+                store.save(st)
                 vcpus, memory = vm_size(cfg, config, pod=kind == oci.SANDBOX)
                 monitor = host.launch_vm(vm_dir, VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory,
-                                                               netns=netns_path, network=net))
+                                                               netns=netns_path, network=net),
+                                         cgroup=st.cgroup.dirs)
                 undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
                 st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
                 store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds

@@ -38,7 +38,7 @@ def exec_process(store: Store, id: str, process: dict[str, Any], *, pid_file: st
     terminal = bool(process.get("terminal"))
     if terminal and detach and not console_socket:
         raise ContainerError("cannot allocate tty if pellucid will detach without setting console socket")
-    shim = host.start_shim(st.netns, console=bool(console_socket))
+    shim = host.start_shim(st.netns, console=bool(console_socket), cgroup=st.cgroup.dirs)
     try:
         request = messages.ExecProcess(id, guest_config.process_for_guest(process))
         shim.send(ShimRequest(monitor=os.path.join(vm_dir_of(store, st), MONITOR_SOCKET), op=request.OP,

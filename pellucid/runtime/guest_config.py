@@ -17,7 +17,7 @@ from .. import log, messages
 from ..errors import BundleError
 
 HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
-UNSUPPORTED_NAMESPACES = ("user", "time")
+UNSUPPORTED_NAMESPACES = ("time",)
 #: crun 1.8 refuses any ociVersion without "1.0" in it ("unknown version specified")
 GUEST_OCI_VERSION = "1.0.2"
 
@@ -62,6 +62,8 @@ SPEC_ADDITIONS: tuple[tuple[str, str, str, str], ...] = (
 )
 #: mount options (1.2.0) that ask for an idmapping; "idmap=..." is crun's own form
 IDMAP_OPTIONS = ("idmap", "ridmap")
+#: bind options that make the bind a member of a peer group
+SHARED_PROPAGATION = frozenset(("shared", "rshared"))
 #: platform sections a Linux runtime has no use for
 OTHER_PLATFORMS = ("windows", "solaris", "zos", "freebsd")
 
@@ -99,15 +101,30 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     cfg["root"] = {"path": f"{base}/rootfs", "readonly": bool(root.get("readonly"))}
 
     mounts = []
+    # Binds of one source share one guest path: a mount made under one of them then propagates to
+    # the others, as on the host, where the container asks for shared propagation.
+    names: dict[tuple[str, bool], str] = {}
+    peers: dict[str, str] = {}  # source -> where its first bind with shared propagation is
     for i, mount in enumerate(cfg.get("mounts") or []):
         if is_bind(mount):
             source = mount.get("source", "")
             if not os.path.isabs(source):
                 source = os.path.join(bundle, source)
             options = mount.get("options") or []
-            name = f"mounts/{i}"
-            binds.append(Bind(source, name, os.path.isdir(source), "ro" in options))
+            readonly = "ro" in options
+            name = names.get((source, readonly))
+            if name is None:
+                name = names[(source, readonly)] = f"mounts/{i}"
+                binds.append(Bind(source, name, os.path.isdir(source), readonly))
             mount = {**mount, "source": f"{base}/{name}"}
+            destination = mount.get("destination", "")
+            if SHARED_PROPAGATION.intersection(options) and isinstance(destination, str):
+                first = peers.setdefault(source, destination)
+                if first != destination:
+                    # runc makes the container's / shared first, so binds of one source are peers;
+                    # crun 1.8 binds each from a private copy: bind the first bind instead, which
+                    # is shared by then (crun mounts in the config's order, below the rootfs).
+                    mount["source"] = f"{base}/rootfs/{first.lstrip('/')}"
         mounts.append(mount)
     cfg["mounts"] = mounts
 
@@ -140,16 +157,27 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     sysctl = linux.get("sysctl") or {}
     if sysctl:
         linux["sysctl"] = {k: v for k, v in sysctl.items() if not k.startswith("net.")}
-    # Block I/O limits would name the guest's disks, not the container's (its rootfs is on 9p).
     resources = linux.get("resources")
     if isinstance(resources, dict):
-        resources.pop("blockIO", None)
+        linux["resources"] = resources_for_guest(resources)
     linux.pop("mountLabel", None)
     process = cfg.get("process")
     if isinstance(process, dict):
         process.pop("apparmorProfile", None)
         process.pop("selinuxLabel", None)
     return normalise(cfg), binds
+
+
+def resources_for_guest(resources: dict[str, Any]) -> dict[str, Any]:
+    """linux.resources (or an update's) as the guest's cgroups take them. The cpuset names host CPUs
+    and NUMA nodes: the VM's host cgroup confines the whole VM to them, and in the guest the
+    container has every vCPU of its VM (written there, the host's CPU numbers fail with ERANGE).
+    Block I/O limits would name the guest's disks, not the container's (its rootfs is on 9p)."""
+    out = {k: v for k, v in resources.items() if k != "blockIO"}
+    cpu = out.get("cpu")
+    if isinstance(cpu, dict) and ("cpus" in cpu or "mems" in cpu):
+        out["cpu"] = {k: v for k, v in cpu.items() if k not in ("cpus", "mems")}
+    return out
 
 
 def _apply(obj: Any, path: list[str], field: str, action: str, reason: str, warn: Callable[[str], None]) -> None:

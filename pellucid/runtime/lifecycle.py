@@ -13,7 +13,7 @@ import os
 import signal as signals
 
 from .. import messages
-from ..errors import ContainerError, NotFound, PellucidError
+from ..errors import ContainerError, NotFound, PellucidError, VMError
 from ..state import ContainerState, Status, oci_state, status
 from ..store import Store
 from .layout import shared_dir, vm_dir_of
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .interfaces import Host
 
 MiB = 1 << 20
+KILL_CONFIRM_TIMEOUT = 5.0  # for the guest to confirm a SIGKILL, before its VM is stopped from the host
+BROKEN_VM_TIMEOUT = 3.0
 _NOT_RUNNING = "container not running"
 
 
@@ -95,13 +97,37 @@ def parse_signal(value: str) -> int:
 
 
 def kill(store: Store, id: str, sig: str, all_: bool = False, host: Host | None = None) -> None:
+    """Signal the container's process in its VM. SIGKILL does not depend on the guest: one it
+    does not confirm within KILL_CONFIRM_TIMEOUT means a broken guest, whose VM is stopped (then
+    every container in it has stopped, its shim exiting with 137)."""
     signum = parse_signal(sig)
     host = host or system_host()
     with store.lock(id):
         st, now = refresh(store, id)
         if not now.can_kill():
             raise ContainerError(_NOT_RUNNING)
-    _call(host, store, st, messages.SignalProcess(st.process, signum, all_))
+    request = messages.SignalProcess(st.process, signum, all_)
+    if signum != signals.SIGKILL:
+        _call(host, store, st, request)
+        return
+    try:
+        _call(host, store, st, request, timeout=KILL_CONFIRM_TIMEOUT)
+    except VMError as err:  # no answer (an AgentError is one: the guest refused, and says why)
+        _stop_broken_vm(host, store, st, str(err))
+
+
+def _stop_broken_vm(host: Host, store: Store, st: ContainerState, why: str) -> None:
+    from .. import log
+    try:
+        vm = store.load(st.sandbox) if st.kind == "container" else st
+    except NotFound:
+        vm = None  # the pod's sandbox is gone, and its VM with it
+    log.warning(f"container {st.id}: SIGKILL not confirmed by the guest ({why}): stopping its VM")
+    if vm is not None:
+        host.stop_vm(vm_dir_of(store, st), vm.monitor_pid, vm.monitor_start, timeout=BROKEN_VM_TIMEOUT,
+                     force=True)
+    # Its channel closed, the shim exits with 137 on its own; one that does not is killed.
+    host.stop_shim(st.pid, st.pid_start, grace=BROKEN_VM_TIMEOUT)
 
 
 def delete(store: Store, id: str, force: bool = False, host: Host | None = None) -> None:
@@ -122,6 +148,7 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
             _release_vm(host, store, st.sandbox)
     except NotFound:
         if force:
+            store.remove_abandoned(id)  # a create killed before its first save: nothing else was made
             return
         raise
     _warn_hooks(host, "poststop", st.poststop, st, Status.STOPPED)
@@ -148,12 +175,15 @@ def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> Non
     if st.kind == "container":
         _leave_vm(host, store, st, now)
         return
-    host.stop_vm(vm_dir_of(store, st), st.monitor_pid, st.monitor_start)
-    if st.network.nics:
-        host.disconnect_network(st.netns, st.network.nics)
+    vm_dir = vm_dir_of(store, st)
+    host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
+    if st.netns:  # the taps, also those of a create killed before it recorded them
+        host.disconnect_network(st.netns, st.network.nics, vm_dir)
     if st.pid and now is not Status.STOPPED:
         host.stop_shim(st.pid, st.pid_start)
     host.unmount_all(store.dir(st.id))
+    if st.cgroup.dirs:
+        host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
 
 
 def _release_vm(host: Host, store: Store, vm_owner: str) -> None:
@@ -229,7 +259,10 @@ def update(store: Store, id: str, resources: dict[str, Any], host: Host | None =
         quota, period = cpu.get("quota"), cpu.get("period") or 100000
         if isinstance(quota, int) and quota > 0 and cpus and quota / period > cpus:
             raise ContainerError(f"cannot give the container {quota / period:g} CPUs: its VM has {cpus} vCPUs")
-        _call(host, store, st, messages.UpdateContainer(id, resources))
+        from .guest_config import resources_for_guest
+        _call(host, store, st, messages.UpdateContainer(id, resources_for_guest(resources)))
+        if st.kind != "container" and st.cgroup.dirs:
+            host.update_cgroup(st.cgroup, resources)  # the VM's host limits follow its container's
 
 
 def list_states(store: Store) -> list[dict[str, Any]]:

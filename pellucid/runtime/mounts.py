@@ -10,6 +10,7 @@ from ..errors import ContainerError
 from ..mountinfo import mounts_under
 from . import safe_fs
 from .guest_config import Bind
+from .readonly import make_readonly
 
 
 def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
@@ -24,7 +25,7 @@ def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
     share = os.open(share_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)  # host-made
     try:
         try:
-            os.mkdir(name, 0o755, dir_fd=share)
+            os.mkdir(name, 0o700, dir_fd=share)
         except FileExistsError:
             raise ContainerError(f"cannot share the container's files with the VM: {container_dir} exists "
                                  "(made by the guest?)") from None
@@ -40,7 +41,7 @@ def make_binds(container_dir: str, rootfs: str, binds: list[Bind]) -> None:
 
 def _bind(top: int, source: str, bind: Bind) -> None:
     try:
-        target = safe_fs.make_path(top, bind.name, bind.is_dir, safe_fs.BENEATH)
+        target = safe_fs.make_path(top, bind.name, bind.is_dir, safe_fs.BENEATH, mode=0o700)
         try:
             linux.mount(source, safe_fs.fd_path(target), None, linux.MS_BIND | linux.MS_REC)
         finally:
@@ -48,7 +49,7 @@ def _bind(top: int, source: str, bind: Bind) -> None:
         if bind.readonly:  # on the mount just made: looked up again, it is the mount's root
             mounted = safe_fs.openat2(top, bind.name, os.O_PATH, safe_fs.BENEATH)
             try:
-                linux.mount("", safe_fs.fd_path(mounted), None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
+                make_readonly(mounted)  # the mounts below it too
             finally:
                 os.close(mounted)
     except OSError as err:

@@ -27,7 +27,7 @@ from tests.evidence import keep_on_failure
 
 from . import harness
 
-PELLUCID = os.environ.get("PELLUCID_CLIENTS_BINARY") or "/usr/local/bin/pellucid"  # a worktree's own, if given
+PELLUCID = os.environ.get("PELLUCID_TEST_BINARY", "/usr/local/bin/pellucid")  # a worktree's .venv/bin/pellucid
 PODMAN_ROOT = "/run/pellucid"  # podman passes no --root: pellucid's default
 SHOW_VM = "uname -r; cat /proc/sys/kernel/random/boot_id"
 TIMEOUT = 300  # a client command that boots a VM under TCG, with other VMs booting meanwhile
@@ -128,7 +128,11 @@ def pellucid_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A generous boot timeout (TCG on shared cores, other VMs booting): clients start their
     daemons with our environment, and pass it down to the runtime."""
     path = tmp_path / "pellucid.toml"
-    path.write_text("[hypervisor]\nboot_timeout = 240\n")
+    text = "[hypervisor]\nboot_timeout = 240\n"
+    assets = os.environ.get("PELLUCID_TEST_ASSETS_DIR")  # a checkout whose guest code differs builds its own
+    if assets:
+        text += f'[assets]\ndir = "{assets}"\n'
+    path.write_text(text)
     monkeypatch.setenv("PELLUCID_CONFIG", str(path))
     return path
 
@@ -230,6 +234,54 @@ def test_docker_run_interactive_stdin(dockerd: harness.Dockerd) -> None:
     out = run_pellucid(dockerd, "--rm", "-i", "local/busybox", "cat", input=text)
     assert out.returncode == 0, docker_fail_message(dockerd, out)
     assert out.stdout == text
+
+
+def _docker_size(text: str) -> float:
+    """docker stats' "12.5MiB" in bytes."""
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+    number = text.rstrip("BKMGiko")
+    return float(number) * units[text[len(number):]]
+
+
+def _docker_stats(d: harness.Dockerd, name: str) -> tuple[float, float, int]:
+    """(memory used, memory limit, pids) as `docker stats` shows them."""
+    out = d.docker("stats", "--no-stream", "--format", "{{.MemUsage}}|{{.PIDs}}", name, timeout=TIMEOUT)
+    usage, pids = out.stdout.strip().split("|")
+    used, limit = (_docker_size(part.strip()) for part in usage.split("/"))
+    return used, limit, int(pids)
+
+
+def test_docker_stats_show_what_the_vm_costs_the_host(dockerd: harness.Dockerd) -> None:
+    """The VM (QEMU, monitor, shim) is in the shim's host cgroup, which containerd's shim reads:
+    the limit is the container's plus the declared overhead, and the usage moves by the 100 MiB
+    the container touches."""
+    from pellucid.config import OverheadConfig
+    out = run_pellucid(dockerd, "-d", "--name", "st", "-m", "256m", "local/busybox", "sleep", "1000")
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    time.sleep(3)
+    used, limit, pids = _docker_stats(dockerd, "st")
+    assert limit == (256 + 256 + OverheadConfig().memory_mib) << 20  # limit + guest base RAM + overhead
+    assert pids > 3  # the shim, the monitor, QEMU and its threads: not 0
+    dockerd.docker("exec", "-d", "st", "sh", "-c", "dd if=/dev/zero bs=100M count=1 | sleep 600", timeout=TIMEOUT)
+    deadline = time.monotonic() + 90
+    grown = 0.0
+    while time.monotonic() < deadline and grown < 90 << 20:
+        time.sleep(2)
+        grown = _docker_stats(dockerd, "st")[0] - used
+    assert grown >= 90 << 20, f"docker stats moved by {grown / (1 << 20):.1f} MiB"
+    dockerd.docker("rm", "-f", "st", timeout=TIMEOUT)
+
+
+def test_docker_run_oom_killed_inside_its_vm(dockerd: harness.Dockerd) -> None:
+    """-m 64m is the guest's limit: a process going past it is OOM-killed in the VM, and an init
+    killed so exits 137. The host cgroup (limit plus overhead) never fills, so Docker's OOMKilled,
+    which comes from the host cgroup's OOM events, stays false: see the README."""
+    out = run_pellucid(dockerd, "--name", "oom", "-m", "64m", "local/busybox", "dd", "if=/dev/zero", "of=/dev/null",
+                       "bs=100M", "count=1")
+    assert out.returncode == 137, docker_fail_message(dockerd, out)
+    state = dockerd.docker("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", "oom").stdout.split()
+    assert state == ["137", "false"], state
+    dockerd.docker("rm", "-f", "oom", timeout=TIMEOUT)
 
 
 def _read_pty(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:

@@ -123,15 +123,19 @@ def test_the_vm_lives_while_any_container_in_it_lives(store: Store, tmp_path: Pa
     host = FakeHost()
     create(store, CFG, "a", bundle(tmp_path, "a"), host=host)
     create(store, CFG, "b", bundle(tmp_path, "b", namespaces={"network": PROC["network"]}), host=host)
+    vm_cgroup = store.load("a").cgroup.dirs
+    assert store.load("b").cgroup.dirs == vm_cgroup and host.joined[-1] == ("shim", vm_cgroup)
+    assert host.calls.count("make_cgroup") == 1  # the VM's only
     lifecycle.delete(store, "a", force=True, host=host)
     assert len(host.vms) == 1 and ("delete_container", {"id": "a"}) in host.agent_calls
+    assert len(host.cgroups) == 1  # it holds the VM, which b still uses
     assert os.path.join(store.dir("a"), "vm", "shared", "a") not in host.shares
     with pytest.raises(NotFound):
         lifecycle.state(store, "a")
     assert [s["id"] for s in lifecycle.list_states(store)] == ["b"]
     assert lifecycle.state(store, "b")["status"] == "created"
     lifecycle.delete(store, "b", force=True, host=host)
-    assert host.vms == {} and host.networks == {} and store.ids() == []
+    assert host.vms == {} and host.networks == {} and host.cgroups == {} and store.ids() == []
 
 
 def test_removing_the_sandbox_stops_the_pod_vm(store: Store, tmp_path: Path) -> None:
@@ -140,5 +144,6 @@ def test_removing_the_sandbox_stops_the_pod_vm(store: Store, tmp_path: Path) -> 
     create(store, CFG, "c1", bundle(tmp_path, "c", cri("container", "a-pod"), PROC), host=host)
     lifecycle.delete(store, "c1", force=True, host=host)
     assert len(host.vms) == 1 and os.path.join(store.dir("a-pod"), "vm", "shared", "c1") not in host.shares
+    assert len(host.cgroups) == 1  # the pod VM's: a container's delete leaves it
     lifecycle.delete(store, "a-pod", force=True, host=host)
-    assert host.vms == {} and store.ids() == []
+    assert host.vms == {} and host.cgroups == {} and store.ids() == []
