@@ -152,6 +152,7 @@ class FakeHost:
         self.stopped_shims: list[tuple[int, int]] = []
         self.forced_vm_stops: list[str] = []  # the VM directories stopped with force
         self.shares: set[str] = set()
+        self.mount_points: list[tuple[str, bool]] = []
         self.hooks: list[str] = []
         self.containers: set[str] = set()  # in the guests
         self.next_process = 0
@@ -240,6 +241,10 @@ class FakeHost:
     def disconnect_network(self, netns: str, nics: list[Nic], owner: str) -> None:
         self.step("disconnect_network")
         self.networks.pop(netns, None)
+
+    def make_mount_points(self, rootfs: str, points: list[tuple[str, bool]]) -> None:
+        self.step("make_mount_points")
+        self.mount_points.extend(points)
 
     def share(self, container_dir: str, rootfs: str, binds: list[Any]) -> None:
         self.shares.add(container_dir)  # as the real one: a half-made share is there to undo

@@ -90,6 +90,9 @@ def start(args: Args) -> int:
 def state(args: Args) -> int:
     from ..state import oci_state, status
     st = _store(args).load(args.id)
+    if st.retired:  # deleted; the state holds only the VM others still use
+        from ..errors import NotFound
+        raise NotFound("container does not exist")
     _print_json(oci_state(st, status(st)))
     return 0
 

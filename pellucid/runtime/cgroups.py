@@ -209,21 +209,30 @@ def _hierarchy_of(d: str, root: str) -> str:
 # The life of the cgroup.
 
 def _make(d: str, hierarchy: str, controllers: tuple[str, ...], v2: bool) -> None:
-    """mkdir -p, seeding each new v1 cpuset level from its parent and enabling v2 controllers on the
-    way down (a cgroup's controllers are those its parent delegates)."""
+    """mkdir -p, seeding each v1 cpuset level whose CPUs or nodes are empty from its parent (as
+    runc does: a level made by a plain mkdir, as some kubelets' pod cgroups, would refuse every
+    process with ENOSPC) and enabling v2 controllers on the way down (a cgroup's controllers are
+    those its parent delegates)."""
     rel = os.path.relpath(d, hierarchy)
     current = hierarchy
     for part in [] if rel == "." else rel.split("/"):
         if v2:
             _enable_controllers(current)
         parent, current = current, f"{current}/{part}"
-        if os.path.isdir(current):
-            continue
-        os.mkdir(current)
+        if not os.path.isdir(current):
+            os.mkdir(current)
         if not v2 and "cpuset" in controllers:
             for name in ("cpuset.cpus", "cpuset.mems"):
-                with open(f"{parent}/{name}") as f:
-                    _write(f"{current}/{name}", f.read().strip())
+                if not _read(f"{current}/{name}"):
+                    _write(f"{current}/{name}", _read(f"{parent}/{name}"))
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _enable_controllers(d: str) -> None:

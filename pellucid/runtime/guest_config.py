@@ -91,7 +91,8 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     """The guest's config and the binds the host must make under the container's shared directory.
 
     ``namespace_paths`` maps a namespace type to a guest path to join (containers of a pod join
-    their sandbox's namespaces); any other namespace path is refused: it names a host namespace.
+    their sandbox's namespaces; "": a new one); any other namespace path is refused: it names a host
+    namespace.
     """
     cfg = copy.deepcopy(config)
     base = guest_dir(tag, container_id)
@@ -147,7 +148,7 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
             if joined is None:
                 raise BundleError(f"cannot join {kind} namespace {ns['path']}: it is a host namespace, "
                                   "and the container runs in a VM")
-            ns = {"type": kind, "path": joined}
+            ns = {"type": kind, "path": joined} if joined else {"type": kind}
         namespaces.append(ns)
     linux["namespaces"] = namespaces
     linux["cgroupsPath"] = f"/pellucid/{container_id}"
@@ -219,6 +220,29 @@ def normalise(cfg: dict[str, Any], warn: Callable[[str], None] = log.warning) ->
             warn(f"config.json: {platform} ignored: it is for another platform")
     cfg["ociVersion"] = GUEST_OCI_VERSION
     return cfg
+
+
+def mount_points(config: dict[str, Any], bundle: str) -> list[tuple[str, bool]]:
+    """What a read-only root must already hold: (destination, is a directory) for each mount whose
+    destination lies on the rootfs itself rather than under an earlier mount (``/dev/pts`` is made
+    in ``/dev``'s tmpfs). crun creates the rest after mounting, as runc does. Empty unless
+    ``root.readonly``: crun creates the mount points in a writable root itself."""
+    if not (config.get("root") or {}).get("readonly"):
+        return []
+    points: list[tuple[str, bool]] = []
+    seen: list[str] = []
+    for mount in config.get("mounts") or []:
+        destination = os.path.normpath(mount.get("destination") or "/")
+        if destination == "/" or any(destination.startswith(d.rstrip("/") + "/") for d in seen):
+            seen.append(destination)
+            continue
+        seen.append(destination)
+        is_dir = True
+        if is_bind(mount):
+            source = mount.get("source", "")
+            is_dir = os.path.isdir(source if os.path.isabs(source) else os.path.join(bundle, source))
+        points.append((destination, is_dir))
+    return points
 
 
 def net_sysctls(config: dict[str, Any]) -> dict[str, str]:

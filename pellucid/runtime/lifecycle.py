@@ -51,6 +51,8 @@ def _warn_hooks(host: Host, stage: str, hooks: list[dict], st: ContainerState, c
 
 def refresh(store: Store, id: str) -> tuple[ContainerState, Status]:
     st = store.load(id)
+    if st.retired:  # deleted; its state stays only to hold the VM that others still use
+        raise NotFound("container does not exist")
     return st, status(st)
 
 
@@ -135,8 +137,15 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
             st, now = refresh(store, id)
             if not now.can_delete() and not force:
                 raise ContainerError(f"cannot delete container {id} that is not stopped: {now.value}")
-            _tear_down(host, store, st, now)
-            store.remove(id)
+            if st.kind == "single" and _members(store, st.id):
+                _leave_vm(host, store, st, now)  # others joined its namespaces: the VM stays for them
+                st.retired = True
+                store.save(st)
+            else:
+                _tear_down(host, store, st, now)
+                store.remove(id)
+        if st.kind == "container":
+            _release_vm(host, store, st.sandbox)
     except NotFound:
         if force:
             store.remove_abandoned(id)  # a create killed before its first save: nothing else was made
@@ -145,25 +154,49 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
     _warn_hooks(host, "poststop", st.poststop, st, Status.STOPPED)
 
 
-def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> None:
-    """Stop what the container has on the host and in its VM (the VM too, unless it is in a pod)."""
-    vm_dir = vm_dir_of(store, st)
-    if st.kind == "container":
-        try:
-            _call(host, store, st, messages.DeleteContainer(st.id), timeout=30)
-        except PellucidError:
-            pass  # the sandbox's VM is gone or the container with it: nothing left in the guest
-        host.unshare(os.path.join(shared_dir(vm_dir), st.id))
-    else:
-        host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
-        if st.netns:  # the taps, also those of a create killed before it recorded them
-            host.disconnect_network(st.netns, st.network.nics, vm_dir)
+def _members(store: Store, vm_owner: str) -> list[str]:
+    """The containers other than its owner in the VM of ``vm_owner``."""
+    return [m.id for m in store.list(on_error=lambda id, err: None) if m.sandbox == vm_owner and m.id != vm_owner]
+
+
+def _leave_vm(host: Host, store: Store, st: ContainerState, now: Status) -> None:
+    """Remove the container from its VM, leaving the VM and the others in it."""
+    try:
+        _call(host, store, st, messages.DeleteContainer(st.id), timeout=30)
+    except PellucidError:
+        pass  # the VM is gone or the container with it: nothing left in the guest
+    host.unshare(os.path.join(shared_dir(vm_dir_of(store, st)), st.id))
     if st.pid and now is not Status.STOPPED:
         host.stop_shim(st.pid, st.pid_start)
-    if st.kind != "container":
-        host.unmount_all(store.dir(st.id))
-        if st.cgroup.dirs:
-            host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
+
+
+def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> None:
+    """Stop what the container has on the host and in its VM (the VM too, if it owns it)."""
+    if st.kind == "container":
+        _leave_vm(host, store, st, now)
+        return
+    vm_dir = vm_dir_of(store, st)
+    host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
+    if st.netns:  # the taps, also those of a create killed before it recorded them
+        host.disconnect_network(st.netns, st.network.nics, vm_dir)
+    if st.pid and now is not Status.STOPPED:
+        host.stop_shim(st.pid, st.pid_start)
+    host.unmount_all(store.dir(st.id))
+    if st.cgroup.dirs:
+        host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
+
+
+def _release_vm(host: Host, store: Store, vm_owner: str) -> None:
+    """The VM lives while any container in it lives: once the last one is deleted, a VM whose
+    owner was deleted before (and stayed only to hold it) is stopped and its state removed."""
+    try:
+        with store.lock(vm_owner):
+            owner = store.load(vm_owner)
+            if owner.retired and not _members(store, vm_owner):
+                _tear_down(host, store, owner, Status.STOPPED)
+                store.remove(vm_owner)
+    except NotFound:
+        pass
 
 
 def pause(store: Store, id: str, host: Host | None = None) -> None:
@@ -233,7 +266,7 @@ def update(store: Store, id: str, resources: dict[str, Any], host: Host | None =
 
 
 def list_states(store: Store) -> list[dict[str, Any]]:
-    return [oci_state(st, status(st)) for st in store.list()]
+    return [oci_state(st, status(st)) for st in store.list() if not st.retired]
 
 
 def read_json_arg(value: str) -> dict[str, Any]:

@@ -63,13 +63,17 @@ class SystemHost:
         from . import network
         network.disconnect(netns, nics, owner)
 
+    def make_mount_points(self, rootfs: str, points: list[tuple[str, bool]]) -> None:
+        from . import safe_fs
+        safe_fs.make_mount_points(rootfs, points)
+
     def share(self, container_dir: str, rootfs: str, binds: list[Bind]) -> None:
         from . import mounts
         mounts.make_binds(container_dir, rootfs, binds)
 
     def unshare(self, container_dir: str) -> None:
         from . import mounts
-        mounts.remove_tree(container_dir)
+        mounts.unshare(container_dir)
 
     def unmount_all(self, path: str) -> None:
         from . import mounts

@@ -393,6 +393,27 @@ def test_docker_default_bridge_network_starts(dockerd: harness.Dockerd) -> None:
     assert out.returncode == 0, docker_fail_message(dockerd, out)
 
 
+def test_docker_container_namespaces_share_one_vm(dockerd: harness.Dockerd) -> None:
+    """--network container:a and --ipc container:a (a started with --ipc shareable): b runs in a's
+    VM (same boot id) and IPC namespace; removing a leaves b running, in the VM a booted."""
+    out = run_pellucid(dockerd, "-d", "--ipc", "shareable", "local/busybox", "sleep", "3600")
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    a = out.stdout.strip()
+    out = dockerd.docker("run", "-d", "--runtime", "pellucid", "--network", f"container:{a}", "--ipc",
+                         f"container:{a}", "local/busybox", "sleep", "3600", check=False, timeout=TIMEOUT)
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    b = out.stdout.strip()
+    show = "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/ipc"
+    in_a = dockerd.docker("exec", a, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    in_b = dockerd.docker("exec", b, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    assert in_a.returncode == 0 and in_b.returncode == 0, docker_fail_message(dockerd, in_b)
+    assert in_a.stdout == in_b.stdout and in_a.stdout.split()[0] != host_boot_id()
+    assert dockerd.docker("rm", "-f", a, check=False, timeout=TIMEOUT).returncode == 0
+    again = dockerd.docker("exec", b, "cat", "/proc/sys/kernel/random/boot_id", check=False, timeout=TIMEOUT)
+    assert again.returncode == 0 and again.stdout.split()[0] == in_a.stdout.split()[0], docker_fail_message(dockerd, again)
+    assert dockerd.docker("rm", "-f", b, check=False, timeout=TIMEOUT).returncode == 0
+
+
 # ---------------------------------------------------------------------------------------
 # containerd (ctr)
 

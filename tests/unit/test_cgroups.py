@@ -4,6 +4,7 @@ where runc would put it, the limits plus the overhead, and its removal."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +120,20 @@ def test_v1_absolute_path_in_every_hierarchy_with_limits(v1):
     assert read(f"{root}/cpuset/docker/abc/cpuset.cpus") == "1-2"
     assert read(f"{root}/pids/docker/abc/pids.max") == "512", "the host pids bound is the overhead's"
     assert not os.path.exists(f"{root}/memory/docker/abc/pids.max")
+
+
+def test_v1_existing_empty_cpuset_level_is_seeded(v1):
+    """A pod cgroup made by a plain mkdir has empty cpuset.cpus/mems, which would refuse every
+    process with ENOSPC: seeded from its parent, as runc does; one already set is left alone."""
+    root, self_cgroup = v1
+    pod = f"{root}/cpuset/kubepods/pod1"
+    os.makedirs(pod)
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        (Path(root) / "cpuset/kubepods" / name).write_text("2-3\n")
+        (Path(pod) / name).write_text("\n")
+    cgroups.create("/kubepods/pod1/abc", {}, OVERHEAD, root=root, self_cgroup=self_cgroup)
+    assert read(f"{root}/cpuset/kubepods/cpuset.cpus") == "2-3"
+    assert read(f"{pod}/cpuset.cpus") == "2-3" and read(f"{pod}/abc/cpuset.mems") == "2-3"
 
 
 def test_v1_relative_path_below_own_cgroup(v1):
