@@ -414,6 +414,25 @@ def test_docker_container_namespaces_share_one_vm(dockerd: harness.Dockerd) -> N
     assert dockerd.docker("rm", "-f", b, check=False, timeout=TIMEOUT).returncode == 0
 
 
+def test_docker_container_pid_namespace_is_shared_in_one_vm(dockerd: harness.Dockerd) -> None:
+    """--pid container:a: b runs in a's VM and PID namespace, and sees a's processes there."""
+    out = run_pellucid(dockerd, "-d", "local/busybox", "sleep", "3601")
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    a = out.stdout.strip()
+    out = dockerd.docker("run", "-d", "--runtime", "pellucid", "--pid", f"container:{a}", "local/busybox",
+                         "sleep", "3602", check=False, timeout=TIMEOUT)
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    b = out.stdout.strip()
+    show = "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/pid"
+    in_a = dockerd.docker("exec", a, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    in_b = dockerd.docker("exec", b, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    assert in_a.returncode == 0 and in_b.returncode == 0, docker_fail_message(dockerd, in_b)
+    assert in_a.stdout == in_b.stdout and in_a.stdout.split()[0] != host_boot_id()
+    seen = dockerd.docker("exec", b, "ps", "-o", "args", check=False, timeout=TIMEOUT)
+    assert "sleep 3601" in seen.stdout and "sleep 3602" in seen.stdout, docker_fail_message(dockerd, seen)
+    assert dockerd.docker("rm", "-f", b, a, check=False, timeout=TIMEOUT).returncode == 0
+
+
 # ---------------------------------------------------------------------------------------
 # containerd (ctr)
 

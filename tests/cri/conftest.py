@@ -29,12 +29,6 @@ VM_HANDLERS = {"pellucid"}  # handlers that give each pod its own kernel
 HANDLERS = ["runc", *([pytest.param("pellucid", marks=pytest.mark.pellucid_pod)] if PELLUCID_ENABLED else [])]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cri: starts a private containerd and drives it through the CRI")
-    config.addinivalue_line("markers", "pellucid_pod: runs pods with the pellucid runtime handler "
-                                       "(left out with PELLUCID_CRI_TESTS=0)")
-
-
 @pytest.fixture(scope="session")
 def cri_image_archives(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The pause and busybox OCI archives, built once per session."""
