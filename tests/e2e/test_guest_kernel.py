@@ -150,7 +150,7 @@ def test_iptables_redirect_in_the_pods_network_namespace(runtime, tmp_path, tool
     kinds meshes and CNI plugins write, each needing its match or target in the guest kernel."""
     rootfs, backends = tools_rootfs
     if backend not in backends:
-        pytest.skip(f"{IPTABLES_BACKENDS[backend]} not on this host (scripts/setup installs iptables)")
+        pytest.fail(f"{IPTABLES_BACKENDS[backend]} not on this host (scripts/setup installs iptables)")
     code, out, err = run(runtime, tmp_path, rootfs, f"ipt-{backend}", iptables_script(backend),
                          ["CAP_NET_ADMIN", "CAP_NET_RAW"])
     assert code == 0, f"stdout:\n{out}\nstderr:\n{err}"

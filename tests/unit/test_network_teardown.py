@@ -4,14 +4,12 @@ namespace of the test's own (needs root)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from pellucid.errors import ContainerError
 from pellucid.runtime import netns, network
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 @pytest.fixture
