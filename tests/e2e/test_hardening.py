@@ -11,7 +11,7 @@ import time
 import pytest
 
 from .conftest import qemu_pids
-from .oci_client import Pipes, become_subreaper, wait_exit
+from .oci_client import Pipes, become_subreaper, create, wait_exit
 
 pytestmark = pytest.mark.vm
 
@@ -20,15 +20,6 @@ pytestmark = pytest.mark.vm
 def subreaper():
     become_subreaper()
 
-
-def create(runtime, bundle, id, tmp_path, pipes=None):
-    from .oci_client import spawn
-    pid_file = tmp_path / f"{id}.pid"
-    out = spawn(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), id, pipes=pipes)
-    if pipes:
-        pipes.close_child_ends()
-    assert out.returncode == 0, runtime.log.read_text() + runtime.evidence()
-    return int(pid_file.read_text())
 
 
 def test_sigkill_of_a_frozen_guest_stops_its_vm(runtime, make_bundle, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pellucid.config import OverheadConfig
-from .oci_client import Pipes, become_subreaper, spawn, wait_exit
+from .oci_client import Pipes, become_subreaper, create, spawn, wait_exit
 
 pytestmark = pytest.mark.vm
 
@@ -47,14 +47,6 @@ def cgroup_parent(runtime):
         if d.is_dir():
             d.rmdir()
 
-
-def create(runtime, bundle, id, tmp_path, pipes=None):
-    pid_file = tmp_path / f"{id}.pid"
-    out = spawn(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), id, pipes=pipes)
-    if pipes:
-        pipes.close_child_ends()
-    assert out.returncode == 0, runtime.log.read_text() + runtime.evidence()
-    return int(pid_file.read_text())
 
 
 def procs(d: Path) -> set[int]:

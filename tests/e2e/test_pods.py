@@ -14,7 +14,7 @@ import pytest
 from pellucid.oci.default_spec import default_spec
 
 from .conftest import host_boot_id
-from .oci_client import Pipes, become_subreaper, spawn, wait_exit
+from .oci_client import become_subreaper, create, wait_exit
 
 pytestmark = pytest.mark.vm
 
@@ -52,14 +52,6 @@ def config_of(args: list[str], annotations: dict[str, str] | None = None,
             ns["path"] = namespaces[ns["type"]]
     return config
 
-
-def create(runtime, bundle: Path, id: str, tmp_path: Path, pipes: Pipes | None = None) -> int:
-    pid_file = tmp_path / f"{id}.pid"
-    out = spawn(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), id, pipes=pipes)
-    if pipes:
-        pipes.close_child_ends()
-    assert out.returncode == 0, runtime.log.read_text() + runtime.evidence()
-    return int(pid_file.read_text())
 
 
 def show(runtime, id: str) -> dict[str, str]:
