@@ -65,8 +65,9 @@ def sandbox_config(name: str, namespace: str, uid: str, *, log_directory: str, c
 
 def container_config(sandbox: Any, name: str, image_id: str, user_image: str, command: list[str], *,
                      args: list[str] | None = None, env: dict[str, str] | None = None,
-                     mounts: list[Any] | None = None) -> Any:
-    """A ContainerConfig as kubelet generates it for a BestEffort container of `sandbox`'s pod."""
+                     mounts: list[Any] | None = None, add_capabilities: list[str] | None = None) -> Any:
+    """A ContainerConfig as kubelet generates it for a BestEffort container of `sandbox`'s pod;
+    `add_capabilities` as the pod spec's securityContext.capabilities.add (e.g. ["NET_ADMIN"])."""
     meta = sandbox.metadata
     return pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name, attempt=0),
@@ -86,6 +87,8 @@ def container_config(sandbox: Any, name: str, image_id: str, user_image: str, co
         linux=pb.LinuxContainerConfig(
             resources=pb.LinuxContainerResources(cpu_period=100000, cpu_shares=2, oom_score_adj=1000),
             security_context=pb.LinuxContainerSecurityContext(
+                # Kubelet sends capabilities only when the pod spec asks for some.
+                capabilities=pb.Capability(add_capabilities=add_capabilities) if add_capabilities else None,
                 namespace_options=pod_namespaces(),
                 seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined),
                 masked_paths=DEFAULT_MASKED_PATHS,

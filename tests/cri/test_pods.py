@@ -16,7 +16,7 @@ import pytest
 
 from tests.cri.conftest import VM_HANDLERS
 from tests.cri.containerd import CriContainerd
-from tests.cri.images import BUSYBOX_REF, PAUSE_REF, busybox_archive, pause_archive
+from tests.cri.images import BUSYBOX_REF, IPTABLES_REF, PAUSE_REF, busybox_archive, pause_archive
 from tests.cri.kubelet import Kubelet, Pod
 from tests.cri.client import pb
 
@@ -31,6 +31,8 @@ SERVER = ["sh", "-c", "mkdir -p /www && echo \"hello from $(hostname)\" > /www/i
 FETCH_LOCAL = ["sh", "-c", f"for i in $(seq 100); do wget -q -O- http://127.0.0.1:{HTTP_PORT}/ && exit 0; "
                "sleep 0.1; done; exit 1"]
 MiB = 1024 * 1024
+MESH_PORT = 80  # what istio-init redirects to its proxy; here to the pod's server on HTTP_PORT
+REDIRECT_RULE = f"-A PREROUTING -p tcp -m tcp --dport {MESH_PORT} -j REDIRECT --to-ports {HTTP_PORT}"
 
 
 def host_boot_id() -> str:
@@ -63,7 +65,7 @@ def test_images_are_known_to_the_cri(containerd: CriContainerd) -> None:
     """ListImages and ImageStatus see the locally built, imported pause and busybox images."""
     assert containerd.cri is not None
     tags = {tag for image in containerd.cri.list_images() for tag in image.repo_tags}
-    assert {PAUSE_REF, BUSYBOX_REF} <= tags
+    assert {PAUSE_REF, BUSYBOX_REF, IPTABLES_REF} <= tags
     busybox = containerd.cri.image_status(BUSYBOX_REF)
     assert busybox is not None and busybox.id.startswith("sha256:") and busybox.size > 0
     assert containerd.cri.image_status("localhost/pellucid-test/absent:1") is None
@@ -173,6 +175,35 @@ def test_removed_pods_leave_nothing(kubelet: Kubelet, containerd: CriContainerd,
     for pod, container_ids in pods:
         assert containerd.pod_leftovers(pod.id, pod.cgroup_parent, container_ids) == []
     assert containerd.our_links() == []
+
+
+def test_iptables_nat_in_the_pods_network_namespace(kubelet: Kubelet, handler: str) -> None:
+    """As istio-init does: a container given NET_ADMIN in its CRI security context adds a NAT
+    REDIRECT rule with `iptables -t nat -A` and lists it back. The rule is in the pod's network
+    namespace: the pod's server, on HTTP_PORT, answers the host on port 80 of the pod IP; with a VM
+    handler that namespace is in the pod's kernel, not the host's."""
+    with kubelet.pod("mesh", handler, ports=(MESH_PORT, HTTP_PORT)) as pod:
+        init = pod.run_container("mesh-init", SLEEPER, image=IPTABLES_REF, add_capabilities=["NET_ADMIN"])
+        app = pod.run_container("app", SERVER, image=IPTABLES_REF)
+
+        # Without NET_ADMIN the same tool is refused: the capability is the CRI config's doing.
+        refused = pod.exec(app, "iptables", "-t", "nat", "-S")
+        assert refused.exit_code != 0 and b"Permission denied" in refused.stderr, refused
+
+        # The rule goes in with -A and comes back with -S, as written.
+        pod.check_output(init, "iptables", "-t", "nat", *REDIRECT_RULE.split())
+        assert REDIRECT_RULE in pod.check_output(init, "iptables", "-t", "nat", "-S", "PREROUTING").splitlines()
+
+        # One network namespace for both containers, and the rule acts in it: the host's request to
+        # port 80 of the pod IP reaches the server, which listens on HTTP_PORT only.
+        read = ["sh", "-c", "readlink /proc/self/ns/net; cat /proc/sys/kernel/random/boot_id"]
+        netns, boot_id = pod.check_output(init, *read).split()
+        assert pod.check_output(app, *read).split() == [netns, boot_id]
+        assert http_get(pod.ip(), MESH_PORT) == "hello from mesh\n"
+        if handler in VM_HANDLERS:
+            assert boot_id != host_boot_id(), "the rule went into the host's kernel"
+        else:
+            assert boot_id == host_boot_id()
 
 
 def test_boot_ids(kubelet: Kubelet, handler: str) -> None:
