@@ -221,6 +221,29 @@ def test_docker_run_in_a_vm(dockerd: harness.Dockerd) -> None:
     assert out.stderr == ""
 
 
+@pytest.fixture(scope="module")
+def scratch_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch image's one layer: a static busybox as /busybox and nothing else (no /proc,
+    /dev, /sys or /etc)."""
+    return harness.single_file_tarball(Path(harness.BUSYBOX), tmp_path_factory.mktemp("scratch") / "layer.tar",
+                                       "busybox")
+
+
+def test_docker_run_read_only_scratch_image(dockerd: harness.Dockerd, scratch_tarball: Path) -> None:
+    """docker run --read-only of an image holding one static binary: it runs in a VM, with /proc,
+    /dev and /sys mounted, and a write to its root fails with EROFS."""
+    dockerd.import_image(scratch_tarball, "local/scratch", cmd=("/busybox", "sh"))
+    script = (f"{SHOW_VM}; grep -E '^[^ ]+ /(proc|dev|sys) ' /proc/self/mounts; "
+              "touch /written; echo touch exit $?")
+    out = run_pellucid(dockerd, "--rm", "--read-only", "local/scratch", "/busybox", "sh", "-c", script)
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    lines = out.stdout.splitlines()
+    assert_in_vm("\n".join(lines[:2]))
+    assert {line.split()[1]: line.split()[2] for line in lines[2:-1]} == \
+        {"/proc": "proc", "/dev": "tmpfs", "/sys": "sysfs"}, out.stdout
+    assert lines[-1] == "touch exit 1" and "Read-only file system" in out.stderr, out
+
+
 def test_docker_exit_code_propagates(dockerd: harness.Dockerd) -> None:
     """The container's exit status is docker's: 3 for `exit 3`."""
     out = run_pellucid(dockerd, "--rm", "local/busybox", "sh", "-c", "echo before-exit; exit 3")
