@@ -8,9 +8,9 @@
 The configs carry what kubelet 1.2x sends for a BestEffort pod on a node with the cgroupfs
 driver and no RuntimeClass overhead: metadata, hostname, log directory, cluster DNS, port
 mappings, the io.kubernetes.* labels and annotations, the pod cgroup, namespace options
-(network and IPC per pod, PID per container), seccomp Unconfined, the default masked and
-read-only /proc paths, and the /etc/hosts and termination-log bind mounts of the pod's
-kubelet directory. Pod removal follows kubelet's order: StopContainer for each container
+(network and IPC per pod, PID per container or, with shareProcessNamespace, per pod), seccomp
+Unconfined, the default masked and read-only /proc paths, and the /etc/hosts and
+termination-log bind mounts of the pod's kubelet directory. Pod removal follows kubelet's order: StopContainer for each container
 with the grace period, StopPodSandbox, RemoveContainer for each, RemovePodSandbox.
 """
 
@@ -34,14 +34,15 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 GRACE_PERIOD = 5  # s; kubelet's default is 30, the test workloads stop on SIGTERM at once
 
 
-def pod_namespaces() -> Any:
-    """Network and IPC shared by the pod, PID per container: kubelet's default."""
-    return pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
+def pod_namespaces(share_pid: bool = False) -> Any:
+    """Network and IPC shared by the pod, PID per container (kubelet's default) or, for a pod with
+    shareProcessNamespace, shared by the pod too."""
+    return pb.NamespaceOption(network=pb.POD, pid=pb.POD if share_pid else pb.CONTAINER, ipc=pb.POD)
 
 
 def sandbox_config(name: str, namespace: str, uid: str, *, log_directory: str, cgroup_parent: str,
                    ports: tuple[int, ...] = (), labels: dict[str, str] | None = None,
-                   annotations: dict[str, str] | None = None) -> Any:
+                   annotations: dict[str, str] | None = None, share_pid: bool = False) -> Any:
     """A PodSandboxConfig as kubelet generates it for a pod."""
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=uid, namespace=namespace, attempt=0),
@@ -58,7 +59,7 @@ def sandbox_config(name: str, namespace: str, uid: str, *, log_directory: str, c
         linux=pb.LinuxPodSandboxConfig(
             cgroup_parent=cgroup_parent,
             security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pod_namespaces(),
+                namespace_options=pod_namespaces(share_pid),
                 seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined))),
     )
 
@@ -89,7 +90,7 @@ def container_config(sandbox: Any, name: str, image_id: str, user_image: str, co
             security_context=pb.LinuxContainerSecurityContext(
                 # Kubelet sends capabilities only when the pod spec asks for some.
                 capabilities=pb.Capability(add_capabilities=add_capabilities) if add_capabilities else None,
-                namespace_options=pod_namespaces(),
+                namespace_options=sandbox.linux.security_context.namespace_options,  # the pod's
                 seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined),
                 masked_paths=DEFAULT_MASKED_PATHS,
                 readonly_paths=DEFAULT_READONLY_PATHS)),
@@ -218,8 +219,9 @@ class Kubelet:
         self.namespace = namespace
         self.pods: list[Pod] = []
 
-    def new_pod(self, name: str, handler: str, ports: tuple[int, ...] = ()) -> Pod:
-        """RunPodSandbox for a new pod `name` with `handler`; the pod is tracked for removal."""
+    def new_pod(self, name: str, handler: str, ports: tuple[int, ...] = (), share_pid: bool = False) -> Pod:
+        """RunPodSandbox for a new pod `name` with `handler` (`share_pid`: the pod spec's
+        shareProcessNamespace); the pod is tracked for removal."""
         uid = str(uuid.uuid4())
         pod_dir = self.root / "pods" / uid
         pod_dir.mkdir(parents=True)
@@ -227,7 +229,7 @@ class Kubelet:
         log_dir = self.root / "logs" / f"{self.namespace}_{name}_{uid}"
         log_dir.mkdir(parents=True)
         config = sandbox_config(name, self.namespace, uid, log_directory=str(log_dir), ports=ports,
-                                cgroup_parent=f"{self.cgroup_root}/besteffort/pod{uid}")
+                                cgroup_parent=f"{self.cgroup_root}/besteffort/pod{uid}", share_pid=share_pid)
         pod = Pod(self, handler, config, pod_dir)
         self.pods.append(pod)
         make_pod_cgroup(pod.cgroup_parent)
@@ -235,9 +237,9 @@ class Kubelet:
         return pod
 
     @contextlib.contextmanager
-    def pod(self, name: str, handler: str, ports: tuple[int, ...] = ()) -> Iterator[Pod]:
+    def pod(self, name: str, handler: str, ports: tuple[int, ...] = (), share_pid: bool = False) -> Iterator[Pod]:
         """A pod that is removed (kubelet's order) when the block ends, however it ends."""
-        pod = self.new_pod(name, handler, ports)
+        pod = self.new_pod(name, handler, ports, share_pid)
         try:
             yield pod
         finally:

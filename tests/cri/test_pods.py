@@ -107,6 +107,36 @@ def test_pod_with_two_containers(kubelet: Kubelet, handler: str) -> None:
         assert (status.state, status.exit_code) == (pb.CONTAINER_EXITED, 0)
 
 
+def test_containers_share_the_pods_namespaces(kubelet: Kubelet, handler: str) -> None:
+    """Every container of a pod is in the pod's network, IPC and UTS namespaces, and, in a pod
+    with shareProcessNamespace, its PID namespace: a container sees its sibling's processes."""
+    show = ["sh", "-c", "for ns in net ipc uts pid; do readlink /proc/self/ns/$ns; done; hostname"]
+    with kubelet.pod("together", handler, share_pid=True) as pod:
+        first = pod.run_container("first", ["sh", "-c", "trap 'exit 0' TERM; sleep 3601 & wait"])
+        second = pod.run_container("second", SLEEPER)
+        assert pod.check_output(first, *show) == pod.check_output(second, *show)
+        assert pod.check_output(second, *show).split()[-1] == "together"
+        seen = pod.check_output(second, "ps", "-o", "args")
+        assert "sleep 3601" in seen and "/pause" in seen, seen
+
+
+def test_container_output_reaches_its_log(kubelet: Kubelet, handler: str) -> None:
+    """What a container writes reaches the CRI log file kubelet reads (`kubectl logs`), a line per
+    write with its stream: `<time> stdout|stderr F <text>`."""
+    with kubelet.pod("logs", handler) as pod:
+        pod.run_container("talker", ["sh", "-c", "echo to-stdout; echo to-stderr >&2; " + SLEEPER[-1]])
+        log = Path(pod.config.log_directory) / "talker/0.log"
+        want = [["stdout", "F", "to-stdout"], ["stderr", "F", "to-stderr"]]
+        deadline = time.monotonic() + 30
+        while True:
+            lines = log.read_text().splitlines() if log.exists() else []
+            entries = [line.split(" ", 3)[1:] for line in lines]
+            if all(w in entries for w in want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(w in entries for w in want), lines
+
+
 def test_container_stats_memory_grows(kubelet: Kubelet, handler: str) -> None:
     """ContainerStats reports CPU and memory, and the working set grows when the container fills memory."""
     with kubelet.pod("stats", handler) as pod:
