@@ -9,9 +9,10 @@ The configs carry what kubelet 1.2x sends for a BestEffort pod on a node with th
 driver and no RuntimeClass overhead: metadata, hostname, log directory, cluster DNS, port
 mappings, the io.kubernetes.* labels and annotations, the pod cgroup, namespace options
 (network and IPC per pod, PID per container or, with shareProcessNamespace, per pod), seccomp
-Unconfined, the default masked and read-only /proc paths, and the /etc/hosts and
-termination-log bind mounts of the pod's kubelet directory. Pod removal follows kubelet's order: StopContainer for each container
-with the grace period, StopPodSandbox, RemoveContainer for each, RemovePodSandbox.
+Unconfined, the default masked and read-only /proc paths, the capabilities a container adds,
+and the /etc/hosts and termination-log bind mounts of the pod's kubelet directory. Pod removal
+follows kubelet's order: StopContainer for each container with the grace period,
+StopPodSandbox, RemoveContainer for each, RemovePodSandbox.
 """
 
 from __future__ import annotations

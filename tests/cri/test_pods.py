@@ -17,7 +17,9 @@ import pytest
 from tests.cri.conftest import VM_HANDLERS
 from tests.cri.containerd import CriContainerd
 from tests.cri.images import BUSYBOX_REF, IPTABLES_REF, PAUSE_REF, busybox_archive, pause_archive
-from tests.cri.kubelet import Kubelet, Pod
+from tests.clients import harness
+from tests.clients.harness.processes import cmdline
+from tests.cri.kubelet import Kubelet, Pod, cgroup_hierarchies
 from tests.cri.client import pb
 
 pytestmark = pytest.mark.cri
@@ -135,6 +137,40 @@ def test_container_output_reaches_its_log(kubelet: Kubelet, handler: str) -> Non
                 break
             time.sleep(0.2)
         assert all(w in entries for w in want), lines
+
+
+def pod_cgroup_processes(cgroup_parent: str) -> dict[int, tuple[str, str]]:
+    """The processes in the pod's memory cgroup and below it: pid -> (cgroup below the pod's,
+    command line)."""
+    hierarchy = next(h for h in cgroup_hierarchies() if h.name in ("memory", "cgroup"))
+    pod = hierarchy / cgroup_parent.strip("/")
+    out = {}
+    for procs in pod.rglob("cgroup.procs"):
+        below = str(procs.parent.relative_to(pod))
+        for pid in map(int, procs.read_text().split()):
+            out[pid] = (below, cmdline(pid))
+    return out
+
+
+def test_the_pods_host_processes_are_in_its_cgroup(kubelet: Kubelet, handler: str) -> None:
+    """Kubelet limits and accounts a pod through its cgroup, so the pod's host processes are below
+    it: with a VM handler the VM's (QEMU, its monitor, the containers' shims) in the sandbox's
+    cgroupsPath, the workload being in the guest; with runc the pause and workload processes."""
+    with kubelet.pod("charged", handler) as pod:
+        for name in ("a", "b"):
+            pod.run_container(name, SLEEPER)
+        procs = pod_cgroup_processes(pod.cgroup_parent)
+        commands = [cmd for _, cmd in procs.values()]
+        if handler in VM_HANDLERS:
+            qemu = [pid for pid, (_, cmd) in procs.items() if "qemu-system" in cmd]
+            assert len(qemu) == 1 and pod.id in procs[qemu[0]][1], procs
+            assert [pid for pid in harness.pids_referencing(pod.id) if "qemu-system" in cmdline(pid)] == qemu
+            assert {below for below, _ in procs.values()} == {pod.id}, procs  # the sandbox's cgroupsPath
+            assert len(procs) >= 5, procs  # QEMU, the monitor, a shim per container (the sandbox's too)
+            assert not any(cmd.startswith("sleep 3600") for cmd in commands), procs
+        else:
+            assert sum(cmd.startswith("/pause") for cmd in commands) == 1, procs
+            assert sum(cmd.startswith("sleep 3600") for cmd in commands) == 2, procs
 
 
 def test_container_stats_memory_grows(kubelet: Kubelet, handler: str) -> None:
