@@ -226,13 +226,16 @@ def test_removing_one_container_leaves_the_other_running(
 
 
 def test_removed_pods_leave_nothing(kubelet: Kubelet, containerd: CriContainerd, handler: str) -> None:
-    """After kubelet removes its pods: no process, mount, state, cgroup, CNI lease or veth of theirs."""
+    """After kubelet removes its pods: no process, mount, state, cgroup, CNI lease or veth of theirs,
+    and no network namespace (where a VM's tap is)."""
     pods = []
     for name in ("gone-a", "gone-b"):
         pod = kubelet.new_pod(name, handler, ports=(HTTP_PORT,))
         containers = [pod.run_container("server", SERVER), pod.run_container("sleeper", SLEEPER)]
         pods.append((pod, [c.id for c in containers]))
     assert http_get(pods[0][0].ip(), HTTP_PORT) == "hello from gone-a\n"
+    namespaces = containerd.pod_netns()
+    assert len(namespaces) == 2
 
     for pod, _ in pods:
         kubelet.remove(pod)
@@ -240,7 +243,7 @@ def test_removed_pods_leave_nothing(kubelet: Kubelet, containerd: CriContainerd,
     assert containerd.cri.list_pod_sandbox() == [] and containerd.cri.list_containers() == []
     for pod, container_ids in pods:
         assert containerd.pod_leftovers(pod.id, pod.cgroup_parent, container_ids) == []
-    assert containerd.our_links() == []
+    assert containerd.our_links() == [] and set(containerd.pod_netns()) & set(namespaces) == set()
 
 
 def test_iptables_nat_in_the_pods_network_namespace(kubelet: Kubelet, handler: str) -> None:
