@@ -67,9 +67,11 @@ def sandbox_config(name: str, namespace: str, uid: str, *, log_directory: str, c
 
 def container_config(sandbox: Any, name: str, image_id: str, user_image: str, command: list[str], *,
                      args: list[str] | None = None, env: dict[str, str] | None = None,
-                     mounts: list[Any] | None = None, add_capabilities: list[str] | None = None) -> Any:
+                     mounts: list[Any] | None = None, add_capabilities: list[str] | None = None,
+                     memory_limit: int = 0) -> Any:
     """A ContainerConfig as kubelet generates it for a BestEffort container of `sandbox`'s pod;
-    `add_capabilities` as the pod spec's securityContext.capabilities.add (e.g. ["NET_ADMIN"])."""
+    `add_capabilities` as the pod spec's securityContext.capabilities.add (e.g. ["NET_ADMIN"]),
+    `memory_limit` (bytes) as its resources.limits.memory."""
     meta = sandbox.metadata
     return pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name, attempt=0),
@@ -87,7 +89,8 @@ def container_config(sandbox: Any, name: str, image_id: str, user_image: str, co
                      "io.kubernetes.pod.terminationGracePeriod": str(GRACE_PERIOD)},
         log_path=f"{name}/0.log",
         linux=pb.LinuxContainerConfig(
-            resources=pb.LinuxContainerResources(cpu_period=100000, cpu_shares=2, oom_score_adj=1000),
+            resources=pb.LinuxContainerResources(cpu_period=100000, cpu_shares=2, oom_score_adj=1000,
+                                                 memory_limit_in_bytes=memory_limit),
             security_context=pb.LinuxContainerSecurityContext(
                 # Kubelet sends capabilities only when the pod spec asks for some.
                 capabilities=pb.Capability(add_capabilities=add_capabilities) if add_capabilities else None,

@@ -20,7 +20,7 @@ from tests.cri.images import BUSYBOX_REF, IPTABLES_REF, PAUSE_REF, busybox_archi
 from tests.clients import harness
 from tests.clients.harness.processes import cmdline
 from tests.cri.kubelet import Kubelet, Pod, cgroup_hierarchies
-from tests.cri.client import pb
+from tests.cri.client import CriError, pb
 
 pytestmark = pytest.mark.cri
 
@@ -223,6 +223,26 @@ def test_removing_one_container_leaves_the_other_running(
         left = [x for x in containerd.pod_leftovers(pod.id, pod.cgroup_parent, [gone.id])
                 if gone.id[:12] in x]
         assert left == []
+
+
+def test_a_container_too_big_for_the_pods_vm(kubelet: Kubelet, handler: str) -> None:
+    """A container whose memory limit exceeds the pod's VM is refused with pellucid's own message,
+    which containerd passes on from StartContainer (where it creates the task); the pod and its
+    other container run on, and the refused one is removed as any. runc, on the host, runs it."""
+    with kubelet.pod("big", handler) as pod:
+        small = pod.run_container("small", SLEEPER)
+        big = pod.create_container("big", SLEEPER, memory_limit=4 << 30)
+        if handler in VM_HANDLERS:
+            with pytest.raises(CriError, match=r"memory limit \(4096 MiB\) does not fit in the VM"):
+                pod.cri.start_container(big.id)
+            assert state_of(pod, big.id) != pb.CONTAINER_RUNNING
+        else:
+            pod.cri.start_container(big.id)
+            assert state_of(pod, big.id) == pb.CONTAINER_RUNNING
+        assert state_of(pod, small.id) == pb.CONTAINER_RUNNING
+        assert pod.check_output(small, "echo", "still-here") == "still-here\n"
+        pod.remove_container(big)
+        assert [c.id for c in pod.cri.list_containers(pod_sandbox_id=pod.id)] == [small.id]
 
 
 def test_removed_pods_leave_nothing(kubelet: Kubelet, containerd: CriContainerd, handler: str) -> None:
