@@ -153,13 +153,17 @@ def vms(pellucid_config: Path) -> Iterator[VMWatch]:
 
 @pytest.fixture
 def host_unchanged() -> Iterator[None]:
-    """Fail if a scenario leaves a network link, a veth, or a harness mount behind."""
+    """Fail if a scenario leaves a network link, a veth, or a harness mount behind (beyond what was
+    there before: other test runs on this host may have daemons of their own up)."""
+    def harness_mounts() -> set[str]:
+        return {m for m in harness.mounts_under("/tmp") if m.startswith(("/tmp/pcc-", "/tmp/pcd-", "/tmp/pcp-"))}
     links_before = set(os.listdir("/sys/class/net"))
     veths_before = harness.veths()
+    mounts_before = harness_mounts()
     yield
     assert set(os.listdir("/sys/class/net")) - links_before == set()
     assert harness.veths() - veths_before == set()
-    assert [m for m in harness.mounts_under("/tmp") if m.startswith(("/tmp/pcc-", "/tmp/pcd-", "/tmp/pcp-"))] == []
+    assert harness_mounts() - mounts_before == set()
 
 
 # ---------------------------------------------------------------------------------------
