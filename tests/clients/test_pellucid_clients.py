@@ -153,13 +153,17 @@ def vms(pellucid_config: Path) -> Iterator[VMWatch]:
 
 @pytest.fixture
 def host_unchanged() -> Iterator[None]:
-    """Fail if a scenario leaves a network link, a veth, or a harness mount behind."""
+    """Fail if a scenario leaves a network link, a veth, or a harness mount behind (beyond what was
+    there before: other test runs on this host may have daemons of their own up)."""
+    def harness_mounts() -> set[str]:
+        return {m for m in harness.mounts_under("/tmp") if m.startswith(("/tmp/pcc-", "/tmp/pcd-", "/tmp/pcp-"))}
     links_before = set(os.listdir("/sys/class/net"))
     veths_before = harness.veths()
+    mounts_before = harness_mounts()
     yield
     assert set(os.listdir("/sys/class/net")) - links_before == set()
     assert harness.veths() - veths_before == set()
-    assert [m for m in harness.mounts_under("/tmp") if m.startswith(("/tmp/pcc-", "/tmp/pcd-", "/tmp/pcp-"))] == []
+    assert harness_mounts() - mounts_before == set()
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,6 +223,29 @@ def test_docker_run_in_a_vm(dockerd: harness.Dockerd) -> None:
     assert out.returncode == 0, docker_fail_message(dockerd, out)
     assert_in_vm(out.stdout)
     assert out.stderr == ""
+
+
+@pytest.fixture(scope="module")
+def scratch_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch image's one layer: a static busybox as /busybox and nothing else (no /proc,
+    /dev, /sys or /etc)."""
+    return harness.single_file_tarball(Path(harness.BUSYBOX), tmp_path_factory.mktemp("scratch") / "layer.tar",
+                                       "busybox")
+
+
+def test_docker_run_read_only_scratch_image(dockerd: harness.Dockerd, scratch_tarball: Path) -> None:
+    """docker run --read-only of an image holding one static binary: it runs in a VM, with /proc,
+    /dev and /sys mounted, and a write to its root fails with EROFS."""
+    dockerd.import_image(scratch_tarball, "local/scratch", cmd=("/busybox", "sh"))
+    script = (f"{SHOW_VM}; grep -E '^[^ ]+ /(proc|dev|sys) ' /proc/self/mounts; "
+              "touch /written; echo touch exit $?")
+    out = run_pellucid(dockerd, "--rm", "--read-only", "local/scratch", "/busybox", "sh", "-c", script)
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    lines = out.stdout.splitlines()
+    assert_in_vm("\n".join(lines[:2]))
+    assert {line.split()[1]: line.split()[2] for line in lines[2:-1]} == \
+        {"/proc": "proc", "/dev": "tmpfs", "/sys": "sysfs"}, out.stdout
+    assert lines[-1] == "touch exit 1" and "Read-only file system" in out.stderr, out
 
 
 def test_docker_exit_code_propagates(dockerd: harness.Dockerd) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from tests import evidence
 from tests.cri.containerd import CriContainerd
-from tests.cri.images import BUSYBOX_REF, busybox_archive, pause_archive
+from tests.cri.images import BUSYBOX_REF, busybox_archive, iptables_archive, pause_archive
 from tests.cri.kubelet import Kubelet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,9 +31,9 @@ HANDLERS = ["runc", *([pytest.param("pellucid", marks=pytest.mark.pellucid_pod)]
 
 @pytest.fixture(scope="session")
 def cri_image_archives(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """The pause and busybox OCI archives, built once per session."""
+    """The pause, busybox and iptables OCI archives, built once per session."""
     work = tmp_path_factory.mktemp("cri-images")
-    return [pause_archive(work), busybox_archive(work)]
+    return [pause_archive(work), busybox_archive(work), iptables_archive(work)]
 
 
 def runtime_env(work: Path) -> dict[str, str]:

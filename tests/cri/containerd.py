@@ -234,6 +234,13 @@ class CriContainerd(harness.PrivateService):
                     names.add(cni_veth.host_link_name(cid, ifname))
         return sorted(n for n in names if os.path.exists(f"/sys/class/net/{n}"))
 
+    def pod_netns(self) -> list[str]:
+        """The pods' network namespaces (bind mounts in the CRI plugin's state): each holds a pod's
+        veth end and, for a VM handler, the VM's tap."""
+        assert self.dir is not None
+        return [m for m in harness.mounts_under(self.dir / "state/io.containerd.grpc.v1.cri/netns")
+                if os.path.basename(m).startswith("cni-")]
+
     def leftovers(self) -> list[str]:
         return super().leftovers() + [f"link {name}" for name in self.our_links()]
 

@@ -8,10 +8,11 @@
 The configs carry what kubelet 1.2x sends for a BestEffort pod on a node with the cgroupfs
 driver and no RuntimeClass overhead: metadata, hostname, log directory, cluster DNS, port
 mappings, the io.kubernetes.* labels and annotations, the pod cgroup, namespace options
-(network and IPC per pod, PID per container), seccomp Unconfined, the default masked and
-read-only /proc paths, and the /etc/hosts and termination-log bind mounts of the pod's
-kubelet directory. Pod removal follows kubelet's order: StopContainer for each container
-with the grace period, StopPodSandbox, RemoveContainer for each, RemovePodSandbox.
+(network and IPC per pod, PID per container or, with shareProcessNamespace, per pod), seccomp
+Unconfined, the default masked and read-only /proc paths, the capabilities a container adds,
+and the /etc/hosts and termination-log bind mounts of the pod's kubelet directory. Pod removal
+follows kubelet's order: StopContainer for each container with the grace period,
+StopPodSandbox, RemoveContainer for each, RemovePodSandbox.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 GRACE_PERIOD = 5  # s; kubelet's default is 30, the test workloads stop on SIGTERM at once
 
 
-def pod_namespaces() -> Any:
-    """Network and IPC shared by the pod, PID per container: kubelet's default."""
-    return pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
+def pod_namespaces(share_pid: bool = False) -> Any:
+    """Network and IPC shared by the pod, PID per container (kubelet's default) or, for a pod with
+    shareProcessNamespace, shared by the pod too."""
+    return pb.NamespaceOption(network=pb.POD, pid=pb.POD if share_pid else pb.CONTAINER, ipc=pb.POD)
 
 
 def sandbox_config(name: str, namespace: str, uid: str, *, log_directory: str, cgroup_parent: str,
                    ports: tuple[int, ...] = (), labels: dict[str, str] | None = None,
-                   annotations: dict[str, str] | None = None) -> Any:
+                   annotations: dict[str, str] | None = None, share_pid: bool = False) -> Any:
     """A PodSandboxConfig as kubelet generates it for a pod."""
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=uid, namespace=namespace, attempt=0),
@@ -58,15 +60,18 @@ def sandbox_config(name: str, namespace: str, uid: str, *, log_directory: str, c
         linux=pb.LinuxPodSandboxConfig(
             cgroup_parent=cgroup_parent,
             security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pod_namespaces(),
+                namespace_options=pod_namespaces(share_pid),
                 seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined))),
     )
 
 
 def container_config(sandbox: Any, name: str, image_id: str, user_image: str, command: list[str], *,
                      args: list[str] | None = None, env: dict[str, str] | None = None,
-                     mounts: list[Any] | None = None) -> Any:
-    """A ContainerConfig as kubelet generates it for a BestEffort container of `sandbox`'s pod."""
+                     mounts: list[Any] | None = None, add_capabilities: list[str] | None = None,
+                     memory_limit: int = 0) -> Any:
+    """A ContainerConfig as kubelet generates it for a BestEffort container of `sandbox`'s pod;
+    `add_capabilities` as the pod spec's securityContext.capabilities.add (e.g. ["NET_ADMIN"]),
+    `memory_limit` (bytes) as its resources.limits.memory."""
     meta = sandbox.metadata
     return pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name, attempt=0),
@@ -84,9 +89,12 @@ def container_config(sandbox: Any, name: str, image_id: str, user_image: str, co
                      "io.kubernetes.pod.terminationGracePeriod": str(GRACE_PERIOD)},
         log_path=f"{name}/0.log",
         linux=pb.LinuxContainerConfig(
-            resources=pb.LinuxContainerResources(cpu_period=100000, cpu_shares=2, oom_score_adj=1000),
+            resources=pb.LinuxContainerResources(cpu_period=100000, cpu_shares=2, oom_score_adj=1000,
+                                                 memory_limit_in_bytes=memory_limit),
             security_context=pb.LinuxContainerSecurityContext(
-                namespace_options=pod_namespaces(),
+                # Kubelet sends capabilities only when the pod spec asks for some.
+                capabilities=pb.Capability(add_capabilities=add_capabilities) if add_capabilities else None,
+                namespace_options=sandbox.linux.security_context.namespace_options,  # the pod's
                 seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined),
                 masked_paths=DEFAULT_MASKED_PATHS,
                 readonly_paths=DEFAULT_READONLY_PATHS)),
@@ -215,8 +223,9 @@ class Kubelet:
         self.namespace = namespace
         self.pods: list[Pod] = []
 
-    def new_pod(self, name: str, handler: str, ports: tuple[int, ...] = ()) -> Pod:
-        """RunPodSandbox for a new pod `name` with `handler`; the pod is tracked for removal."""
+    def new_pod(self, name: str, handler: str, ports: tuple[int, ...] = (), share_pid: bool = False) -> Pod:
+        """RunPodSandbox for a new pod `name` with `handler` (`share_pid`: the pod spec's
+        shareProcessNamespace); the pod is tracked for removal."""
         uid = str(uuid.uuid4())
         pod_dir = self.root / "pods" / uid
         pod_dir.mkdir(parents=True)
@@ -224,7 +233,7 @@ class Kubelet:
         log_dir = self.root / "logs" / f"{self.namespace}_{name}_{uid}"
         log_dir.mkdir(parents=True)
         config = sandbox_config(name, self.namespace, uid, log_directory=str(log_dir), ports=ports,
-                                cgroup_parent=f"{self.cgroup_root}/besteffort/pod{uid}")
+                                cgroup_parent=f"{self.cgroup_root}/besteffort/pod{uid}", share_pid=share_pid)
         pod = Pod(self, handler, config, pod_dir)
         self.pods.append(pod)
         make_pod_cgroup(pod.cgroup_parent)
@@ -232,9 +241,9 @@ class Kubelet:
         return pod
 
     @contextlib.contextmanager
-    def pod(self, name: str, handler: str, ports: tuple[int, ...] = ()) -> Iterator[Pod]:
+    def pod(self, name: str, handler: str, ports: tuple[int, ...] = (), share_pid: bool = False) -> Iterator[Pod]:
         """A pod that is removed (kubelet's order) when the block ends, however it ends."""
-        pod = self.new_pod(name, handler, ports)
+        pod = self.new_pod(name, handler, ports, share_pid)
         try:
             yield pod
         finally:

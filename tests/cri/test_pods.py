@@ -16,9 +16,11 @@ import pytest
 
 from tests.cri.conftest import VM_HANDLERS
 from tests.cri.containerd import CriContainerd
-from tests.cri.images import BUSYBOX_REF, PAUSE_REF, busybox_archive, pause_archive
-from tests.cri.kubelet import Kubelet, Pod
-from tests.cri.client import pb
+from tests.cri.images import BUSYBOX_REF, IPTABLES_REF, PAUSE_REF, busybox_archive, pause_archive
+from tests.clients import harness
+from tests.clients.harness.processes import cmdline
+from tests.cri.kubelet import Kubelet, Pod, cgroup_hierarchies
+from tests.cri.client import CriError, pb
 
 pytestmark = pytest.mark.cri
 
@@ -31,6 +33,8 @@ SERVER = ["sh", "-c", "mkdir -p /www && echo \"hello from $(hostname)\" > /www/i
 FETCH_LOCAL = ["sh", "-c", f"for i in $(seq 100); do wget -q -O- http://127.0.0.1:{HTTP_PORT}/ && exit 0; "
                "sleep 0.1; done; exit 1"]
 MiB = 1024 * 1024
+MESH_PORT = 80  # what istio-init redirects to its proxy; here to the pod's server on HTTP_PORT
+REDIRECT_RULE = f"-A PREROUTING -p tcp -m tcp --dport {MESH_PORT} -j REDIRECT --to-ports {HTTP_PORT}"
 
 
 def host_boot_id() -> str:
@@ -63,7 +67,7 @@ def test_images_are_known_to_the_cri(containerd: CriContainerd) -> None:
     """ListImages and ImageStatus see the locally built, imported pause and busybox images."""
     assert containerd.cri is not None
     tags = {tag for image in containerd.cri.list_images() for tag in image.repo_tags}
-    assert {PAUSE_REF, BUSYBOX_REF} <= tags
+    assert {PAUSE_REF, BUSYBOX_REF, IPTABLES_REF} <= tags
     busybox = containerd.cri.image_status(BUSYBOX_REF)
     assert busybox is not None and busybox.id.startswith("sha256:") and busybox.size > 0
     assert containerd.cri.image_status("localhost/pellucid-test/absent:1") is None
@@ -103,6 +107,70 @@ def test_pod_with_two_containers(kubelet: Kubelet, handler: str) -> None:
         pod.cri.stop_container(second.id, 5)
         status = pod.cri.container_status(second.id).status
         assert (status.state, status.exit_code) == (pb.CONTAINER_EXITED, 0)
+
+
+def test_containers_share_the_pods_namespaces(kubelet: Kubelet, handler: str) -> None:
+    """Every container of a pod is in the pod's network, IPC and UTS namespaces, and, in a pod
+    with shareProcessNamespace, its PID namespace: a container sees its sibling's processes."""
+    show = ["sh", "-c", "for ns in net ipc uts pid; do readlink /proc/self/ns/$ns; done; hostname"]
+    with kubelet.pod("together", handler, share_pid=True) as pod:
+        first = pod.run_container("first", ["sh", "-c", "trap 'exit 0' TERM; sleep 3601 & wait"])
+        second = pod.run_container("second", SLEEPER)
+        assert pod.check_output(first, *show) == pod.check_output(second, *show)
+        assert pod.check_output(second, *show).split()[-1] == "together"
+        seen = pod.check_output(second, "ps", "-o", "args")
+        assert "sleep 3601" in seen and "/pause" in seen, seen
+
+
+def test_container_output_reaches_its_log(kubelet: Kubelet, handler: str) -> None:
+    """What a container writes reaches the CRI log file kubelet reads (`kubectl logs`), a line per
+    write with its stream: `<time> stdout|stderr F <text>`."""
+    with kubelet.pod("logs", handler) as pod:
+        pod.run_container("talker", ["sh", "-c", "echo to-stdout; echo to-stderr >&2; " + SLEEPER[-1]])
+        log = Path(pod.config.log_directory) / "talker/0.log"
+        want = [["stdout", "F", "to-stdout"], ["stderr", "F", "to-stderr"]]
+        deadline = time.monotonic() + 30
+        while True:
+            lines = log.read_text().splitlines() if log.exists() else []
+            entries = [line.split(" ", 3)[1:] for line in lines]
+            if all(w in entries for w in want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(w in entries for w in want), lines
+
+
+def pod_cgroup_processes(cgroup_parent: str) -> dict[int, tuple[str, str]]:
+    """The processes in the pod's memory cgroup and below it: pid -> (cgroup below the pod's,
+    command line)."""
+    hierarchy = next(h for h in cgroup_hierarchies() if h.name in ("memory", "cgroup"))
+    pod = hierarchy / cgroup_parent.strip("/")
+    out = {}
+    for procs in pod.rglob("cgroup.procs"):
+        below = str(procs.parent.relative_to(pod))
+        for pid in map(int, procs.read_text().split()):
+            out[pid] = (below, cmdline(pid))
+    return out
+
+
+def test_the_pods_host_processes_are_in_its_cgroup(kubelet: Kubelet, handler: str) -> None:
+    """Kubelet limits and accounts a pod through its cgroup, so the pod's host processes are below
+    it: with a VM handler the VM's (QEMU, its monitor, the containers' shims) in the sandbox's
+    cgroupsPath, the workload being in the guest; with runc the pause and workload processes."""
+    with kubelet.pod("charged", handler) as pod:
+        for name in ("a", "b"):
+            pod.run_container(name, SLEEPER)
+        procs = pod_cgroup_processes(pod.cgroup_parent)
+        commands = [cmd for _, cmd in procs.values()]
+        if handler in VM_HANDLERS:
+            qemu = [pid for pid, (_, cmd) in procs.items() if "qemu-system" in cmd]
+            assert len(qemu) == 1 and pod.id in procs[qemu[0]][1], procs
+            assert [pid for pid in harness.pids_referencing(pod.id) if "qemu-system" in cmdline(pid)] == qemu
+            assert {below for below, _ in procs.values()} == {pod.id}, procs  # the sandbox's cgroupsPath
+            assert len(procs) >= 5, procs  # QEMU, the monitor, a shim per container (the sandbox's too)
+            assert not any(cmd.startswith("sleep 3600") for cmd in commands), procs
+        else:
+            assert sum(cmd.startswith("/pause") for cmd in commands) == 1, procs
+            assert sum(cmd.startswith("sleep 3600") for cmd in commands) == 2, procs
 
 
 def test_container_stats_memory_grows(kubelet: Kubelet, handler: str) -> None:
@@ -157,14 +225,37 @@ def test_removing_one_container_leaves_the_other_running(
         assert left == []
 
 
+def test_a_container_too_big_for_the_pods_vm(kubelet: Kubelet, handler: str) -> None:
+    """A container whose memory limit exceeds the pod's VM is refused with pellucid's own message,
+    which containerd passes on from StartContainer (where it creates the task); the pod and its
+    other container run on, and the refused one is removed as any. runc, on the host, runs it."""
+    with kubelet.pod("big", handler) as pod:
+        small = pod.run_container("small", SLEEPER)
+        big = pod.create_container("big", SLEEPER, memory_limit=4 << 30)
+        if handler in VM_HANDLERS:
+            with pytest.raises(CriError, match=r"memory limit \(4096 MiB\) does not fit in the VM"):
+                pod.cri.start_container(big.id)
+            assert state_of(pod, big.id) != pb.CONTAINER_RUNNING
+        else:
+            pod.cri.start_container(big.id)
+            assert state_of(pod, big.id) == pb.CONTAINER_RUNNING
+        assert state_of(pod, small.id) == pb.CONTAINER_RUNNING
+        assert pod.check_output(small, "echo", "still-here") == "still-here\n"
+        pod.remove_container(big)
+        assert [c.id for c in pod.cri.list_containers(pod_sandbox_id=pod.id)] == [small.id]
+
+
 def test_removed_pods_leave_nothing(kubelet: Kubelet, containerd: CriContainerd, handler: str) -> None:
-    """After kubelet removes its pods: no process, mount, state, cgroup, CNI lease or veth of theirs."""
+    """After kubelet removes its pods: no process, mount, state, cgroup, CNI lease or veth of theirs,
+    and no network namespace (where a VM's tap is)."""
     pods = []
     for name in ("gone-a", "gone-b"):
         pod = kubelet.new_pod(name, handler, ports=(HTTP_PORT,))
         containers = [pod.run_container("server", SERVER), pod.run_container("sleeper", SLEEPER)]
         pods.append((pod, [c.id for c in containers]))
     assert http_get(pods[0][0].ip(), HTTP_PORT) == "hello from gone-a\n"
+    namespaces = containerd.pod_netns()
+    assert len(namespaces) == 2
 
     for pod, _ in pods:
         kubelet.remove(pod)
@@ -172,7 +263,36 @@ def test_removed_pods_leave_nothing(kubelet: Kubelet, containerd: CriContainerd,
     assert containerd.cri.list_pod_sandbox() == [] and containerd.cri.list_containers() == []
     for pod, container_ids in pods:
         assert containerd.pod_leftovers(pod.id, pod.cgroup_parent, container_ids) == []
-    assert containerd.our_links() == []
+    assert containerd.our_links() == [] and set(containerd.pod_netns()) & set(namespaces) == set()
+
+
+def test_iptables_nat_in_the_pods_network_namespace(kubelet: Kubelet, handler: str) -> None:
+    """As istio-init does: a container given NET_ADMIN in its CRI security context adds a NAT
+    REDIRECT rule with `iptables -t nat -A` and lists it back. The rule is in the pod's network
+    namespace: the pod's server, on HTTP_PORT, answers the host on port 80 of the pod IP; with a VM
+    handler that namespace is in the pod's kernel, not the host's."""
+    with kubelet.pod("mesh", handler, ports=(MESH_PORT, HTTP_PORT)) as pod:
+        init = pod.run_container("mesh-init", SLEEPER, image=IPTABLES_REF, add_capabilities=["NET_ADMIN"])
+        app = pod.run_container("app", SERVER, image=IPTABLES_REF)
+
+        # Without NET_ADMIN the same tool is refused: the capability is the CRI config's doing.
+        refused = pod.exec(app, "iptables", "-t", "nat", "-S")
+        assert refused.exit_code != 0 and b"Permission denied" in refused.stderr, refused
+
+        # The rule goes in with -A and comes back with -S, as written.
+        pod.check_output(init, "iptables", "-t", "nat", *REDIRECT_RULE.split())
+        assert REDIRECT_RULE in pod.check_output(init, "iptables", "-t", "nat", "-S", "PREROUTING").splitlines()
+
+        # One network namespace for both containers, and the rule acts in it: the host's request to
+        # port 80 of the pod IP reaches the server, which listens on HTTP_PORT only.
+        read = ["sh", "-c", "readlink /proc/self/ns/net; cat /proc/sys/kernel/random/boot_id"]
+        netns, boot_id = pod.check_output(init, *read).split()
+        assert pod.check_output(app, *read).split() == [netns, boot_id]
+        assert http_get(pod.ip(), MESH_PORT) == "hello from mesh\n"
+        if handler in VM_HANDLERS:
+            assert boot_id != host_boot_id(), "the rule went into the host's kernel"
+        else:
+            assert boot_id == host_boot_id()
 
 
 def test_boot_ids(kubelet: Kubelet, handler: str) -> None:

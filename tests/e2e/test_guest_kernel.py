@@ -7,7 +7,6 @@ container is given as containerd gives a device (linux.devices plus a device cgr
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.host_tools import IPTABLES_BACKENDS, add_iptables
+
 from .oci_client import Pipes, become_subreaper, spawn, wait_exit
 
 pytestmark = pytest.mark.vm
 
 HERE = Path(__file__).resolve().parent
-#: the multi-call binaries Debian's iptables package installs, and the names they answer to
-IPTABLES_BACKENDS = {"nft": "/usr/sbin/xtables-nft-multi", "legacy": "/usr/sbin/xtables-legacy-multi"}
 FUSE_DEVICE = {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666, "uid": 0, "gid": 0}
 
 #: Rules of the kinds service meshes and CNI plugins write, each needing its own match or target in
@@ -55,36 +54,6 @@ ADDRESSES = {
 @pytest.fixture(autouse=True, scope="module")
 def subreaper():
     become_subreaper()
-
-
-def shared_libraries(elf: str) -> set[str]:
-    """The shared objects ``elf`` loads, the dynamic loader included, as paths on this host."""
-    out = subprocess.run(["ldd", elf], capture_output=True, text=True, check=True).stdout
-    return set(re.findall(r"(/\S+) \(0x", out))
-
-
-def copy_into(rootfs: Path, path: str) -> None:
-    """``path`` (its content, symlinks followed) at the same place in ``rootfs``."""
-    dest = rootfs / path.lstrip("/")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(os.path.realpath(path), dest)
-
-
-def add_iptables(rootfs: Path) -> list[str]:
-    """Debian's iptables in ``rootfs``: both multi-call binaries, their extensions and libraries,
-    and the iptables-nft/-legacy names; returns the backends that were found on the host."""
-    backends = [name for name, path in IPTABLES_BACKENDS.items() if os.access(path, os.X_OK)]
-    if not backends:
-        return []
-    libxtables = next(lib for lib in shared_libraries(IPTABLES_BACKENDS[backends[0]]) if "/libxtables." in lib)
-    extensions = Path(os.path.realpath(libxtables)).parent / "xtables"  # dlopen()ed, by absolute path
-    elves = [IPTABLES_BACKENDS[b] for b in backends] + [str(p) for p in sorted(extensions.glob("*.so"))]
-    for path in set(elves) | set().union(*(shared_libraries(e) for e in elves)):
-        copy_into(rootfs, path)
-    for backend in backends:
-        for family in ("iptables", "ip6tables"):
-            (rootfs / f"usr/sbin/{family}-{backend}").symlink_to(os.path.basename(IPTABLES_BACKENDS[backend]))
-    return backends
 
 
 @pytest.fixture(scope="module")

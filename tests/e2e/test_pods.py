@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pellucid.mountinfo import mounts_under
 from pellucid.oci.default_spec import default_spec
 
 from .conftest import host_boot_id
@@ -61,8 +62,9 @@ def show(runtime, id: str) -> dict[str, str]:
 
 def test_crio_pod_with_a_pause_like_sandbox(runtime, busybox_template, tmp_path):
     """The sandbox's root is read-only and holds only /pause (here a static busybox): the runtime
-    makes the mount points; the pod's container joins the sandbox's VM and its pinned IPC and UTS
-    namespaces; removing the container leaves the sandbox; removing the sandbox stops the VM."""
+    makes the mount points; a container whose bind targets a compromised guest has planted links
+    for is refused, harmlessly; the pod's container joins the sandbox's VM and its pinned IPC and
+    UTS namespaces; removing the container leaves the sandbox; removing the sandbox stops the VM."""
     pinned = {"ipc": "/var/run/ipcns/e2e-pod", "uts": "/var/run/utsns/e2e-pod"}  # never opened: a VM cannot join them
     sandbox = tmp_path / "sandbox"
     (sandbox / "rootfs").mkdir(parents=True)
@@ -73,6 +75,24 @@ def test_crio_pod_with_a_pause_like_sandbox(runtime, busybox_template, tmp_path)
     runtime("start", "pod")
     assert {"dev", "proc", "sys"} <= {p.name for p in (sandbox / "rootfs").iterdir()}
     assert runtime.state("pod")["status"] == "running"
+
+    # A compromised guest (its root writes the share over 9p) plants links where the host would make
+    # the next container's bind targets: create refuses it and leaves nothing, and nothing outside
+    # the share changed (no bind over the host directory, no file made through the dangling link).
+    shared, cron, volume = runtime.root / "pod/vm/shared", tmp_path / "etc-cron.d", tmp_path / "volume"
+    cron.mkdir()
+    volume.mkdir()
+    (shared / "planted/mounts").mkdir(parents=True)
+    (shared / "planted/mounts/0").symlink_to(cron)
+    (shared / "planted/rootfs").symlink_to(tmp_path / "made-by-the-host")
+    planted = config_of(["sleep", "600"], crio("container", "pod"), pinned)
+    planted["mounts"].append({"destination": "/data", "type": "bind", "source": str(volume), "options": ["rbind"]})
+    refused = runtime("create", "--bundle", str(bundle_with(tmp_path / "planted", busybox_template, planted)),
+                      "planted", check=False)
+    assert refused.returncode == 1 and "made by the guest?" in refused.stderr, refused.stderr
+    assert runtime("state", "planted", check=False).returncode != 0
+    assert list(cron.iterdir()) == [] and not (tmp_path / "made-by-the-host").exists()
+    assert [m for m in mounts_under(str(tmp_path)) if not m.startswith(str(runtime.root))] == []
 
     container = bundle_with(tmp_path / "c1", busybox_template,
                             config_of(["sleep", "600"], crio("container", "pod"), pinned))

@@ -20,7 +20,7 @@ from .binaries import BUSYBOX, CNI_BIN_DIR, DOCKER_CLI, RUNC, logging_runtime, n
 from .commands import CommandError, HarnessError, run_cmd, tail
 from .containerd import Containerd
 from .dockerd import Dockerd
-from .images import busybox_rootfs, busybox_tarball, oci_archive
+from .images import busybox_rootfs, busybox_tarball, oci_archive, single_file_tarball
 from .mounts import mounts_under, unmount_all_under
 from .network import free_port, veths
 from .podman import Podman
@@ -30,6 +30,6 @@ from .service import PrivateService
 __all__ = [
     "BUSYBOX", "CNI_BIN_DIR", "DOCKER_CLI", "RUNC", "CommandError", "Containerd", "Dockerd", "HarnessError",
     "Podman", "PrivateService", "busybox_rootfs", "busybox_tarball", "free_port", "kill_pids", "logging_runtime",
-    "mounts_under", "need", "oci_archive", "pids_referencing", "run_cmd", "stop_process", "tail",
-    "unmount_all_under", "veths",
+    "mounts_under", "need", "oci_archive", "pids_referencing", "run_cmd", "single_file_tarball", "stop_process",
+    "tail", "unmount_all_under", "veths",
 ]

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .binaries import DEFAULT_PATH, DOCKER_CLI
 from .commands import HarnessError, run_cmd, wait_for
@@ -206,6 +206,7 @@ class Dockerd(PrivateService):
         return run_cmd([self.docker_cli, "-H", self.host, *args], check=check, timeout=timeout,
                        env=self.env(), input=input)
 
-    def import_image(self, tarball: Path, name: str = "local/busybox") -> str:
-        """`docker import` a rootfs tarball as `name` (CMD /bin/sh); return the image id."""
-        return self.docker("import", "--change", 'CMD ["/bin/sh"]', str(tarball), name).stdout.strip()
+    def import_image(self, tarball: Path, name: str = "local/busybox", cmd: Sequence[str] = ("/bin/sh",)) -> str:
+        """`docker import` a rootfs tarball as `name` with CMD `cmd`; return the image id."""
+        change = f"CMD {json.dumps(list(cmd))}"
+        return self.docker("import", "--change", change, str(tarball), name).stdout.strip()

@@ -11,7 +11,7 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .binaries import BUSYBOX
 from .commands import HarnessError, run_cmd
@@ -78,18 +78,37 @@ def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def busybox_tarball(dest_dir: Path, name: str = "busybox-rootfs.tar") -> Path:
-    """Build the busybox rootfs under `dest_dir` and pack it into `dest_dir/name` (all owned by root)."""
+def rootfs_tarball(root: Path, out: Path) -> Path:
+    """Pack the directory `root` into the tarball `out`, everything owned by root."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(root, arcname=".", filter=_root_owned)
+    return Path(out)
+
+
+def busybox_tarball(dest_dir: Path, name: str = "busybox-rootfs.tar",
+                    extra: Callable[[Path], object] | None = None) -> Path:
+    """Build the busybox rootfs under `dest_dir`, let `extra` add to it, and pack it into
+    `dest_dir/name` (all owned by root)."""
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="rootfs-", dir=dest_dir)))
-    out = dest_dir / name
     try:
-        with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-            tar.add(root, arcname=".", filter=_root_owned)
+        if extra is not None:
+            extra(root)
+        return rootfs_tarball(root, dest_dir / name)
     finally:
         shutil.rmtree(root)
-    return out
+
+
+def single_file_tarball(binary: Path, out: Path, name: str) -> Path:
+    """A tarball holding `binary` as `/name` (root-owned, 0755) and nothing else: what a scratch
+    image with one static executable is, without /proc, /dev, /sys or /etc."""
+    data = Path(binary).read_bytes()
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = _root_owned(tarfile.TarInfo(name))
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    return Path(out)
 
 
 def _blob(layout: tarfile.TarFile, data: bytes) -> dict[str, Any]:
