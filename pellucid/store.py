@@ -37,6 +37,7 @@ STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 
 _NOT_FOUND = "container does not exist"
+GRAVE_PREFIX = ".grave."  # a container directory being removed (dot-names are never ids)
 ABANDONED_AFTER = 10.0  # seconds: a container directory without a lock file older than this is a killed create's
 
 
@@ -110,15 +111,38 @@ class Store:
             raise
 
     def remove(self, id: str) -> None:
-        """Remove the container's directory and all in it; nothing to remove is no error."""
+        """Remove the container's directory and all in it; nothing to remove is no error.
+
+        The directory is first renamed to a grave (``.grave.<id>.<random>``), in one step, so
+        that a removal killed halfway never leaves a half-emptied ``<id>`` (no state and no lock,
+        which would look like a create just begun); graves of the id are swept here and by
+        ``delete --force``."""
         path = self.dir(id)
         busy = mounts_under(path)
         if busy:  # never delete through a mount: it may be a container's rootfs on the host
             raise ContainerError(f"cannot remove {path}: {busy[0]} is still mounted")
+        grave = os.path.join(self.root, f"{GRAVE_PREFIX}{id}.{os.urandom(4).hex()}")
         try:
-            _rmtree(path)
+            os.rename(path, grave)
+        except FileNotFoundError:
+            pass
         except OSError as err:
-            raise ContainerError(f"cannot remove {err.filename or path}: {err.strerror}") from err
+            raise ContainerError(f"cannot remove {path}: {err.strerror}") from err
+        self.sweep_graves(id)
+
+    def sweep_graves(self, id: str) -> None:
+        """Finish the removals of ``id``'s directory that were killed after the rename."""
+        prefix = f"{GRAVE_PREFIX}{id}."
+        try:
+            names = [n for n in os.listdir(self.root) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.root, name)
+            try:
+                _rmtree(path)
+            except OSError as err:
+                raise ContainerError(f"cannot remove {err.filename or path}: {err.strerror}") from err
 
     def remove_abandoned(self, id: str) -> bool:
         """Remove the directory of a ``create`` killed before it saved a state (so that no

@@ -149,6 +149,7 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
     except NotFound:
         if force:
             store.remove_abandoned(id)  # a create killed before its first save: nothing else was made
+            store.sweep_graves(id)  # a delete killed while removing the directory
             return
         raise
     _warn_hooks(host, "poststop", st.poststop, st, Status.STOPPED)

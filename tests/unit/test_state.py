@@ -499,3 +499,27 @@ def test_delete_force_removes_what_a_create_killed_before_its_first_save_left(tm
     assert not store.remove_abandoned("young") and os.path.isdir(store.dir("young"))
     os.utime(store.dir("young"), (0, 0))
     assert store.remove_abandoned("young") and not os.path.exists(store.dir("young"))
+
+
+def test_a_delete_killed_while_removing_leaves_nothing_that_delete_force_cannot_finish(tmp_path, monkeypatch):
+    from pellucid import store as store_mod
+    from pellucid.runtime import lifecycle
+    from tests.fakes import FakeHost
+    store = Store(str(tmp_path / "root"))
+    with store.create("c1", bundle="/b", rootfs="/b/rootfs"):
+        pass
+    os.makedirs(os.path.join(store.dir("c1"), "vm", "shared"))
+
+    def killed(path: str) -> None:  # the CLI dies after emptying part of the directory
+        os.unlink(os.path.join(path, "state.json"))
+        os.unlink(os.path.join(path, "lock"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "_rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.remove("c1")
+    monkeypatch.undo()
+    assert not os.path.exists(store.dir("c1"))  # the id is free at once: renamed away first
+    assert store.ids() == []  # the grave is no container
+    lifecycle.delete(store, "c1", force=True, host=FakeHost())
+    assert os.listdir(store.root) == []
