@@ -26,7 +26,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tests.clients import harness
 from tests.cri import cni_veth
@@ -56,11 +56,14 @@ class CriContainerd(harness.PrivateService):
     def __init__(self, handlers: Mapping[str, str] | None = None, *, network: str = "169.254.160.0/20",
                  sandbox_image: str = "localhost/pellucid-test/pause:3.9", binary: str = "containerd",
                  start_timeout: float = 60, env: Mapping[str, str] | None = None,
-                 request_timeout: float = 120) -> None:
+                 request_timeout: float = 120, edit_config: Callable[[Path], None] | None = None) -> None:
         """``env``: added to containerd's environment, which its shims and so the runtimes inherit
         (PELLUCID_CONFIG names the pellucid runtime's configuration). ``request_timeout``: the
-        CRI calls' deadline (kubelet's --runtime-request-timeout is 2 minutes)."""
+        CRI calls' deadline (kubelet's --runtime-request-timeout is 2 minutes). ``edit_config``:
+        called with the path of the config.toml just written, before containerd reads it (how a
+        test has `pellucid install containerd` add its handler)."""
         super().__init__()
+        self.edit_config = edit_config
         self.env = dict(env or {})
         self.request_timeout = request_timeout
         self.handlers = {"runc": harness.RUNC, **(handlers or {})}
@@ -165,6 +168,8 @@ class CriContainerd(harness.PrivateService):
         (d / "cni-bin" / "loopback").symlink_to(debian_loopback if debian_loopback.exists() else CNI_PLUGIN)
         (d / "cni-conf" / f"10-{CNI_NETWORK_NAME}.conflist").write_text(json.dumps(self.cni_conflist(), indent=1))
         (d / "config.toml").write_text(self.config_toml())
+        if self.edit_config is not None:
+            self.edit_config(d / "config.toml")
         env = {**os.environ, **self.env, "PATH": os.environ.get("PATH", "") + ":" + DEFAULT_PATH}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([self.binary, "--config", str(d / "config.toml")],

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .binaries import DEFAULT_PATH, DOCKER_CLI
 from .commands import HarnessError, run_cmd, wait_for
@@ -28,6 +28,9 @@ class Dockerd(PrivateService):
             d.import_image(busybox_tarball(tmp))
             d.docker("run", "--rm", "local/busybox", "echo", "hi")
 
+    `edit_config`, if given, is called with the path of the daemon.json just written, before
+    dockerd starts with it (how a test has `pellucid install docker` edit the daemon's file).
+
     Its default bridge is one it creates (`bridge` in daemon.json; dockerd refuses `bip`
     with `bridge`) holding `bip` (169.254.77.1/24); user networks come from
     169.254.100.0/22. iptables, ip-masq and ip-forward are off, so the host firewall and
@@ -40,8 +43,10 @@ class Dockerd(PrivateService):
     def __init__(self, runtimes: Mapping[str, str] | None = None, default_runtime: str | None = None, *,
                  bip: str = "169.254.77.1/24", address_pool: str = "169.254.100.0/22",
                  storage_driver: str = "overlay2", extra_config: Mapping[str, Any] | None = None,
-                 dockerd: str = "dockerd", docker_cli: str = DOCKER_CLI, start_timeout: float = 60) -> None:
+                 dockerd: str = "dockerd", docker_cli: str = DOCKER_CLI, start_timeout: float = 60,
+                 edit_config: Callable[[Path], None] | None = None) -> None:
         super().__init__()
+        self.edit_config = edit_config
         self.runtimes = dict(runtimes or {})
         self.default_runtime = default_runtime
         self.bip = bip
@@ -134,6 +139,8 @@ class Dockerd(PrivateService):
         (d / "x").mkdir(exist_ok=True)
         (d / "cli").mkdir(exist_ok=True)
         (d / "daemon.json").write_text(json.dumps(self.daemon_json(), indent=1))
+        if self.edit_config is not None:
+            self.edit_config(d / "daemon.json")
         argv = [self.dockerd_binary,
                 "--config-file", str(d / "daemon.json"),
                 "--data-root", str(d / "data"),

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .binaries import CNI_BIN_DIR, DEFAULT_PATH, RUNC
 from .commands import HarnessError, run_cmd
@@ -25,16 +25,20 @@ class Podman(PrivateService):
 
     containers.conf sets `default_ulimits` low enough for a root without
     CAP_SYS_RESOURCE; its default network "podman" is a bridge of ours on 169.254.88.0/24.
+    `runtime=None` passes no `--runtime`: containers.conf's `[engine] runtime` decides.
+    `edit_config`, if given, is called with the path of the containers.conf just written,
+    before podman first reads it.
     """
 
     prefix = "pcp-"
     host_paths = ("/var/lib/containers/cache/blob-info-cache-v1.boltdb", "/var/lib/containers/cache",
                   "/var/lib/containers", "/var/lib/cni/results", "/var/lib/cni", "/run/netns")
 
-    def __init__(self, runtime: str = RUNC, *, subnet: str = "169.254.88.0/24",
+    def __init__(self, runtime: str | None = RUNC, *, subnet: str = "169.254.88.0/24",
                  ulimits: Sequence[str] = ("nofile=20000:20000", "nproc=32768:32768"),
-                 binary: str = "podman") -> None:
+                 binary: str = "podman", edit_config: Callable[[Path], None] | None = None) -> None:
         super().__init__()
+        self.edit_config = edit_config
         self.runtime = runtime
         self.subnet = subnet
         self.cgroup_parents = ("/libpod_parent/conmon", "/libpod_parent")
@@ -92,6 +96,8 @@ class Podman(PrivateService):
         create_bridge(self.bridge, f"{net.rsplit('.', 1)[0]}.1/{bits}")
         (d / "net/podman.conflist").write_text(json.dumps(self.cni_conflist(), indent=1))
         (d / "containers.conf").write_text(self.containers_conf())
+        if self.edit_config is not None:
+            self.edit_config(d / "containers.conf")
         (d / "storage.conf").write_text(self.storage_conf())
         (d / "registries.conf").write_text("unqualified-search-registries = []\nshort-name-mode = \"permissive\"\n")
         self.podman("info", timeout=60)
@@ -119,14 +125,18 @@ class Podman(PrivateService):
                 "CONTAINERS_REGISTRIES_CONF": str(self.dir / "registries.conf"),
                 "PATH": os.environ.get("PATH", "") + ":" + DEFAULT_PATH}
 
+    def argv(self, *args: str) -> list[str]:
+        """`podman --root --runroot [--runtime] --cgroup-manager=cgroupfs --events-backend=file ARGS`
+        (for a test that runs it itself, on a terminal say, with `env()`)."""
+        assert self.dir is not None
+        return [self.binary, "--root", str(self.dir / "root"), "--runroot", str(self.dir / "run"),
+                *(["--runtime", self.runtime] if self.runtime is not None else []),
+                "--cgroup-manager=cgroupfs", "--events-backend=file", "--tmpdir", str(self.dir / "tmp"), *args]
+
     def podman(self, *args: str, check: bool = True, timeout: float = 120,
                input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run `podman --root --runroot --runtime --cgroup-manager=cgroupfs --events-backend=file ARGS`."""
-        assert self.dir is not None
-        argv = [self.binary, "--root", str(self.dir / "root"), "--runroot", str(self.dir / "run"),
-                "--runtime", self.runtime, "--cgroup-manager=cgroupfs", "--events-backend=file",
-                "--tmpdir", str(self.dir / "tmp"), *args]
-        return run_cmd(argv, check=check, timeout=timeout, env=self.env(), input=input)
+        """Run `argv(ARGS)`."""
+        return run_cmd(self.argv(*args), check=check, timeout=timeout, env=self.env(), input=input)
 
     def import_image(self, tarball: Path, name: str = "local/busybox") -> str:
         """`podman import` a rootfs tarball as `name` (CMD /bin/sh); return the image id."""
