@@ -105,9 +105,10 @@ class MonitorReady(Record):
 
 class ShimRequest(Record):
     """What a shim is to do: send ``op`` (create_container or exec_process) with ``args`` to the
-    monitor at ``monitor``, then relay; with ``console_socket``, its terminal's master goes there."""
+    monitor at ``monitor``, then relay; with ``console_socket``, its terminal's master goes there.
+    ``detached``: the command that started it returns without waiting for it."""
 
-    FIELDS = {"monitor": str, "op": str, "args": dict, "console_socket": str}
+    FIELDS = {"monitor": str, "op": str, "args": dict, "console_socket": str, "detached": bool}
     REQUIRED = ("monitor", "op", "args")
     __slots__ = tuple(FIELDS)
 

@@ -20,6 +20,7 @@ import struct
 import sys
 import termios
 import threading
+import time
 import tty
 from typing import Any
 
@@ -64,6 +65,47 @@ class Output(threading.Thread):
                 self.shim.send(protocol.credit(self.stream_id, len(data)))
             except OSError:
                 return  # the monitor is gone: the relay loop reports it
+
+
+class Starter:
+    """The runtime command that started the shim. A detached shim (``create``, ``exec -d``,
+    ``run -d``) never exits until a moment after that command has: containerd 1.6's shim learns
+    the process's pid from the pid file once the command has exited, and drops an exit that
+    arrives before it has (an exec that ends at once then never returns to ``docker exec``)."""
+
+    HOLD = 0.1  # seconds after the command's exit
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.pidfd_open(os.getppid())
+        except OSError:
+            self.fd = -1
+        self.gone_at: float | None = None
+
+    def gone(self) -> None:
+        if self.gone_at is None:
+            self.gone_at = time.monotonic()  # no earlier than its exit: the hold is never shorter
+
+    def hold_exit(self, timeout: float = 10.0) -> None:
+        if self.fd < 0:
+            return
+        if self.gone_at is None:
+            if not _readable(self.fd, timeout):
+                return  # a command that outlives its job this long is not one a client waits on
+            self.gone()
+        assert self.gone_at is not None
+        remaining = self.gone_at + self.HOLD - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    try:
+        return bool(sel.select(timeout))
+    finally:
+        sel.close()
 
 
 class Shim:
@@ -159,7 +201,7 @@ class Shim:
             self.stdin_window.grant(granted)
             self.stdin_credit.notify()
 
-    def relay(self) -> int:
+    def relay(self, starter: Starter | None = None) -> int:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH):
@@ -176,10 +218,16 @@ class Shim:
         self.sock.settimeout(None)
         sel.register(self.sock, selectors.EVENT_READ, "sock")
         sel.register(wake_r, selectors.EVENT_READ, "signal")
+        if starter is not None and starter.fd >= 0:
+            sel.register(starter.fd, selectors.EVENT_READ, "starter")
         for frame in self.reader.feed(b""):  # what arrived with the response that made the process
             self.handle(frame)
         while self.status is None:
             for key, _ in sel.select():
+                if key.data == "starter":
+                    starter.gone()
+                    sel.unregister(key.fd)
+                    continue
                 if key.data == "signal":
                     for signum in os.read(wake_r, 64):
                         if signum == signal.SIGWINCH:
@@ -231,6 +279,7 @@ def main(argv: list[str]) -> int:
     """argv: REQUEST_FD READY_FD. The runtime started the shim in the container's network namespace;
     it waits for its request, which the runtime sends once the VM is up."""
     request_fd, ready_fd = int(argv[0]), int(argv[1])
+    starter = Starter()  # before anything else: the command is alive until it has our answer
     with os.fdopen(request_fd, "rb") as f:
         raw = f.read(8 << 20)
     ready = os.fdopen(ready_fd, "w")
@@ -251,10 +300,13 @@ def main(argv: list[str]) -> int:
         return 1
     ready.write(ShimReady(ok=True, process=shim.process, guest_pid=result.pid).to_json() + "\n")
     ready.close()
+    watch = starter if request.detached else None
     try:
-        return shim.relay()
+        return shim.relay(watch)
     finally:
         shim.restore_terminal()
+        if watch is not None:
+            watch.hold_exit()
 
 
 if __name__ == "__main__":

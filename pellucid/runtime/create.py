@@ -211,7 +211,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             request = messages.CreateContainer(id, guest_cfg, tty=terminal,
                                                net_sysctls=guest_config.net_sysctls(config))
             ready = shim.send(ShimRequest(monitor=os.path.join(vm_dir, MONITOR_SOCKET), op=request.OP,
-                                          args=request.to_json(), console_socket=console_socket), timeout)
+                                          args=request.to_json(), console_socket=console_socket,
+                                          detached=detached), timeout)
             st.process, st.guest_pid = ready.process, ready.guest_pid
             write_pid_file(pid_file, shim.pid)
         except BaseException:

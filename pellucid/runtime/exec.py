@@ -42,7 +42,8 @@ def exec_process(store: Store, id: str, process: dict[str, Any], *, pid_file: st
     try:
         request = messages.ExecProcess(id, guest_config.process_for_guest(process))
         shim.send(ShimRequest(monitor=os.path.join(vm_dir_of(store, st), MONITOR_SOCKET), op=request.OP,
-                              args=request.to_json(), console_socket=console_socket), START_TIMEOUT)
+                              args=request.to_json(), console_socket=console_socket, detached=detach),
+                  START_TIMEOUT)
         write_pid_file(pid_file, shim.pid)
     except BaseException:
         shim.abort()

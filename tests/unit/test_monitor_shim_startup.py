@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,30 @@ def test_monitor_boots_cold_when_the_vm_cannot_be_a_clone_and_says_why(boot_fake
     assert len(vms) == 1 and (vms[0].spec.memory_mib, monitor.info.template) == (384, "")
     assert [op for op, _ in vms[0].agent_calls] == [messages.MountShare.OP, messages.ConfigureNetwork.OP]
     assert "booting cold, not as a clone: the template's build failed (1): no space" in capsys.readouterr().err
+
+
+def test_a_detached_shim_exits_only_after_the_command_that_started_it():
+    """containerd 1.6 drops an exit that arrives before the exec command has exited: the shim of
+    an exec that ends at once must outlive its starter, by the hold."""
+    from pellucid.shim import Starter
+    shim_code = ("import time; from pellucid.shim import Starter; s = Starter(); "
+                 "s.hold_exit(); print(time.monotonic(), flush=True)")
+    command_code = ("import subprocess, sys, time; "
+                    f"p = subprocess.Popen([sys.executable, '-c', {shim_code!r}], stdout=sys.stdout); "
+                    "time.sleep(0.3); print(time.monotonic(), flush=True)")
+    # run() returns at EOF of stdout, which the shim holds too: both lines are there
+    out = subprocess.run([sys.executable, "-c", command_code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert out.returncode == 0, out.stderr
+    command_done, shim_exit = (float(x) for x in out.stdout.split())
+    assert shim_exit >= command_done + Starter.HOLD
+
+
+def test_a_starter_that_outlives_the_timeout_is_not_waited_for():
+    import time
+    from pellucid.shim import Starter
+    s = Starter()  # our parent: pytest's, alive throughout
+    started = time.monotonic()
+    s.hold_exit(timeout=0.2)
+    assert 0.15 < time.monotonic() - started < 5
+    assert s.gone_at is None
