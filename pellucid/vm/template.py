@@ -99,7 +99,7 @@ def template_spec(spec: VMSpec, shape: Shape, ram_file: str, scratch: str) -> VM
     return replace(spec, name="pellucid-template", memory_mib=shape.memory_mib, vcpus=shape.vcpus,
                    nics=tuple(Nic(mac=slot_mac(i), mtu=SLOT_MTU) for i in range(shape.nic_slots)),
                    shares=tuple(Share(tag, scratch) for tag in shape.share_tags),
-                   ram_file=ram_file, ram_shared=True, incoming=False)
+                   ram_file=ram_file, ram_shared=True, incoming=False, tcg_tb_size_mib=0)
 
 
 def clone_spec(spec: VMSpec, shape: Shape, ram_file: str) -> VMSpec:
@@ -118,7 +118,8 @@ def layout_argv(spec: VMSpec) -> list[str]:
     canonical = replace(spec, name="pellucid", pidfile="", agent_fd=3, qmp_fd=4, console_file="",
                         nics=tuple(Nic(mac=n.mac, mtu=n.mtu) for n in spec.nics),
                         shares=tuple(Share(s.tag, "SHARE", s.readonly) for s in spec.shares),
-                        ram_file="RAM" if spec.ram_file else "", ram_shared=True, incoming=False)
+                        ram_file="RAM" if spec.ram_file else "", ram_shared=True, incoming=False,
+                        tcg_tb_size_mib=0)
     return build_argv(canonical)
 
 
@@ -158,7 +159,7 @@ class Template:
                      share_tags=tuple(s["share_tags"]))
 
 
-def _private_dir(path: str) -> None:
+def private_dir(path: str) -> None:
     """Make ``path`` a directory only root (we) can enter; refuse one someone else made."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.lstat(path)
@@ -262,6 +263,14 @@ def remove(root: str, key: str) -> bool:
     return True
 
 
+def _same_kind(a: Template, b: Template) -> bool:
+    """Whether two templates serve the same VMs: same shape, same accelerator."""
+    try:
+        return a.shape == b.shape and a.manifest.get("accelerator") == b.manifest.get("accelerator")
+    except (KeyError, TypeError):  # a manifest of another recipe: not of any kind we build
+        return False
+
+
 class Factory:
     """Templates for one configuration (QEMU, assets, accelerator): built on first need, cloned."""
 
@@ -281,7 +290,7 @@ class Factory:
     def find(self, spec: VMSpec) -> Template | None:
         """The valid template for VMs like ``spec``, if it has been built (never builds one)."""
         key = self.key(spec, shape_of(spec, self.nic_slots))
-        _private_dir(self.root)
+        private_dir(self.root)
         template = load(self.root, key)
         return template if template is not None and not problems(template, full=False) else None
 
@@ -289,7 +298,7 @@ class Factory:
         """The valid template for VMs like ``spec`` (its NICs' and shares' backends aside), built if need be."""
         shape = shape_of(spec, self.nic_slots)
         key = self.key(spec, shape)
-        _private_dir(self.root)
+        private_dir(self.root)
         template = load(self.root, key)
         if template is not None and not problems(template, full=verify_ram):
             return template
@@ -298,9 +307,21 @@ class Factory:
             template = load(self.root, key)  # another builder may have finished while we waited
             if template is not None and not problems(template, full=verify_ram):
                 return template
-            return self._build(spec, shape, key)
+            template = self._build(spec, shape, key)
         finally:
             _unlock(fd)
+        self.remove_replaced(template)  # after our lock is released: never two builders waiting on each other
+        return template
+
+    def remove_replaced(self, new: Template) -> list[str]:
+        """Remove the templates ``new`` replaces: those of its shape and accelerator under another key
+        (built from other assets, another QEMU binary or protocol, ...); their keys. Running clones of
+        them keep their mapping of the unlinked files."""
+        gone = []
+        for t in list_templates(self.root):
+            if t.key != new.key and _same_kind(t, new) and remove(self.root, t.key):
+                gone.append(t.key)
+        return gone
 
     def _build(self, spec: VMSpec, shape: Shape, key: str) -> Template:
         started = time.monotonic()
@@ -455,3 +476,21 @@ def class_spec(cfg: Config, accelerator: str, size: SizeClass, share_tags: tuple
     assets = resolve(cfg)
     return make_spec(cfg, assets, accelerator, shares=tuple(Share(tag, "") for tag in share_tags),
                      vcpus=size.vcpus, memory_mib=size.memory_mib)
+
+
+def stale(cfg: Config, root: str) -> list[Template]:
+    """The templates in ``root`` that this configuration would not clone from: built by another
+    recipe, or under a key that no longer matches what VMs of their shape and accelerator are made
+    of now (assets, QEMU binary, protocol, devices, ...). TemplateError if the current VMs cannot
+    be described (no assets): then nothing is known to be stale."""
+    found = []
+    for t in list_templates(root):
+        try:
+            shape = t.shape
+            spec = class_spec(cfg, t.manifest["accelerator"], SizeClass(shape.memory_mib, shape.vcpus), shape.share_tags)
+            current = Factory(root).key(spec, shape)
+        except (KeyError, TypeError, ValueError):  # a manifest we cannot read: not ours to clone from
+            current = ""
+        if t.manifest.get("recipe") != RECIPE or current != t.key:
+            found.append(t)
+    return found
