@@ -9,12 +9,14 @@ request (``clone_resumed``) reseeds the guest's RNG, sets its clock and gives it
 
 What a clone may differ in from its template (the per-clone parts of the command line): its name,
 pid file, channels, console, the backends of its NIC slots (a template's are connected to nothing;
-a clone's are the container's taps, unused slots connected to nothing) and the host directories of its
-9p shares (a template never mounts them: QEMU blocks migration once the guest mounts 9p). Everything
+a clone's are the container's taps, unused slots connected to nothing), the host directories of its
+9p shares (a template never mounts them: QEMU blocks migration once the guest mounts 9p) and TCG's
+code cache cap (QEMU's, not migrated: a template is built with QEMU's default). Everything
 else is the template's *key*: QEMU binary, kernel, root image, accelerator, CPU model, machine and
 devices, memory and vCPUs, the protocol version. Templates are built on first need under a lock
 (concurrent builders wait for one build) in ``DIR/<key>/`` with a manifest that holds checksums of
-the RAM file and the state; a template whose key or checksums do not match is rebuilt.
+the RAM file and the state; a template whose key or checksums do not match is rebuilt, and a new
+template replaces the stale ones of its shape and accelerator (:func:`stale` finds every one).
 
 Nothing may discard a clone's RAM: QEMU 7.2 punches holes in the backing file even for a private
 mapping, so a balloon, free page reporting, virtio-mem or postcopy would zero the template for every
