@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import subprocess
 import sys
 import time
 from dataclasses import replace
-from typing import Iterator
 
 from ..config import Config
 from ..config import load as load_config
@@ -46,7 +44,7 @@ from .template import Factory, TemplateError, class_spec, fits, shape_of
 CGROUP_V1 = "/pellucid-templates"
 CGROUP_V2 = "/pellucid.slice/templates"
 STDERR_TAIL = 2000
-CGROUP_LOCK = ".cgroup.lock"
+JOIN_ATTEMPTS = 2
 #: seconds a failed build's processes (its QEMU, killed with it) get to leave the cgroup
 RELEASE_SETTLE = 3.0
 
@@ -70,31 +68,20 @@ def prepare_cgroups(root: str = "") -> list[str]:
         raise TemplateError(f"cannot make pellucid's cgroup for template builds: {err}") from None
 
 
-@contextlib.contextmanager
-def cgroup_lock(store: str, mode: int) -> Iterator[None]:
-    """Held shared from making the template cgroup until a builder is in it, exclusive to remove it."""
-    tpl.private_dir(store)
-    fd = os.open(os.path.join(store, CGROUP_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, mode)
-        yield
-    finally:
-        os.close(fd)
-
-
 def release_cgroups(store: str, root: str = "", *, settle: float = 0.0) -> bool:
     """Remove pellucid's template cgroup once ``store`` holds no template: nothing is charged to it
-    any more. A build under way is in it, so it stays then; ``settle``: seconds to wait for the
-    processes of one that just failed to be gone. Whether the cgroup is gone."""
+    any more (one store per host: a template of another store would stay charged to the removed
+    cgroup, which the kernel keeps until its pages go). A build under way is in it, so it stays then
+    (rmdir fails while a process is in it); ``settle``: seconds to wait for the processes of one that
+    just failed to be gone. Whether the cgroup is gone."""
     root = root or cgroups.ROOT
     deadline = time.monotonic() + settle
-    with cgroup_lock(store, fcntl.LOCK_EX):
-        while not tpl.list_templates(store):
-            if cgroups.remove_unused(cgroup_path(root), root):
-                return True
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
+    while not tpl.list_templates(store):
+        if cgroups.remove_unused(cgroup_path(root), root):
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     return False
 
 
@@ -117,13 +104,15 @@ def build_elsewhere(cfg: Config, spec: VMSpec, nic_slots: int, *, store: str = "
     if cfg.path:
         argv += ["--config", cfg.path]
     try:
-        with cgroup_lock(store, fcntl.LOCK_SH):  # not removed between its making and the child's joining it
+        for attempt in range(JOIN_ATTEMPTS):  # a release may remove the cgroup between its making and our joining it
             dirs = prepare_cgroups()
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, preexec_fn=lambda: cgroups.join(dirs), close_fds=True)
+                break
             except (OSError, subprocess.SubprocessError) as err:
-                raise TemplateError(f"cannot start the template's build: {err}") from None
+                if attempt == JOIN_ATTEMPTS - 1:
+                    raise TemplateError(f"cannot start the template's build: {err}") from None
         try:
             _, err = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:

@@ -161,7 +161,7 @@ class Template:
                      share_tags=tuple(s["share_tags"]))
 
 
-def private_dir(path: str) -> None:
+def _private_dir(path: str) -> None:
     """Make ``path`` a directory only root (we) can enter; refuse one someone else made."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.lstat(path)
@@ -292,7 +292,7 @@ class Factory:
     def find(self, spec: VMSpec) -> Template | None:
         """The valid template for VMs like ``spec``, if it has been built (never builds one)."""
         key = self.key(spec, shape_of(spec, self.nic_slots))
-        private_dir(self.root)
+        _private_dir(self.root)
         template = load(self.root, key)
         return template if template is not None and not problems(template, full=False) else None
 
@@ -300,7 +300,7 @@ class Factory:
         """The valid template for VMs like ``spec`` (its NICs' and shares' backends aside), built if need be."""
         shape = shape_of(spec, self.nic_slots)
         key = self.key(spec, shape)
-        private_dir(self.root)
+        _private_dir(self.root)
         template = load(self.root, key)
         if template is not None and not problems(template, full=verify_ram):
             return template

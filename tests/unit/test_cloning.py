@@ -3,6 +3,7 @@ fake cgroupfs), made for a build and removed with the last template or after a f
 class, and the order start() goes in (fit, find, build elsewhere, find again, clone)."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -150,3 +151,26 @@ def test_a_build_that_does_not_match_is_a_template_error(steps, monkeypatch):
     with pytest.raises(tpl.TemplateError, match="does not match"):
         cloning.start(cfg, spec(memory_mib=256), "/w")
     assert done == ["find", "build", "find"]
+
+
+def test_a_cgroup_removed_before_the_builder_joins_it_is_made_again(monkeypatch, tmp_path):
+    """A release (of another store) may remove the cgroup between its making and the child's joining it."""
+    made, started = [], []
+
+    class Proc:
+        returncode = 0
+
+        def communicate(self, timeout):
+            return b"", b""
+
+    def popen(argv, **kw):
+        started.append(argv)
+        if len(started) == 1:
+            raise subprocess.SubprocessError("Exception occurred in preexec_fn.")
+        return Proc()
+
+    monkeypatch.setattr(cloning, "prepare_cgroups", lambda: made.append(1) or ["/cg"])
+    monkeypatch.setattr(cloning.subprocess, "Popen", popen)
+    cfg = config.parse(f'[hypervisor]\ntemplate_dir = "{tmp_path}/store"\n')
+    cloning.build_elsewhere(cfg, spec(memory_mib=256), 1)
+    assert len(made) == len(started) == 2

@@ -161,10 +161,10 @@ def test_the_store_refuses_a_directory_of_someone_else(tmp_path):
     target.mkdir()
     (tmp_path / "link").symlink_to(target)
     with pytest.raises(tpl.TemplateError):
-        tpl.private_dir(str(tmp_path / "link"))
+        tpl._private_dir(str(tmp_path / "link"))
     open_dir = tmp_path / "open"
     open_dir.mkdir(mode=0o777)
-    tpl.private_dir(str(open_dir))
+    tpl._private_dir(str(open_dir))
     assert os.stat(open_dir).st_mode & 0o777 == 0o700
 
 
