@@ -26,7 +26,7 @@ from pellucid.vm import cloning
 from pellucid.vm import template as tpl
 from pellucid.vm.assets import resolve
 from pellucid.vm.machine import VM
-from pellucid.vm.qemu_args import Nic, Share
+from pellucid.vm.qemu_args import Nic, Share, build_argv
 from pellucid.vm.spec import make_spec
 
 from .conftest import PELLUCID, qemu_pids
@@ -150,6 +150,16 @@ def test_two_clones_answer_with_their_own_boot_ids_and_random_bytes(clones, busy
     random_b, boot_b = out_b.decode().split()
     assert len(random_a) == len(random_b) == 128 and random_a != random_b
     assert (boot_a, boot_b) == (a.hello.boot_id, b.hello.boot_id)
+
+
+def test_a_clone_runs_with_a_code_cache_cap_its_template_was_built_without(clones, busybox_template, template):
+    """TCG's code cache is not migrated: the template is built with QEMU's default, the clone restores
+    with the configured cap (-accel tcg,tb-size) and runs a container."""
+    assert "-accel" in template.manifest["layout"] and not any("tb-size" in a for a in template.manifest["layout"])
+    vm, share = clones()
+    assert vm.spec.tcg_tb_size_mib > 0 and "tcg,tb-size=" in " ".join(build_argv(vm.spec))
+    status, out = run(vm, share, busybox_template, "cap", "for i in $(seq 2000); do :; done; echo done")
+    assert (status, out) == (0, b"done\n")
 
 
 def test_a_clone_that_writes_all_its_memory_leaves_the_template_unchanged(clones, busybox_template, template):
