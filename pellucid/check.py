@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import Config
 from .errors import PellucidError
+from .kernfs import read_value
 from .vm import accel
 from .vm.assets import resolve
 from .vm.machine import VM
@@ -44,14 +45,6 @@ class Report:
                            for i in self.items]}
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def host_checks(cfg: Config, report: Report) -> bool:
     hv = cfg.hypervisor
     qemu_ok = os.access(hv.path, os.X_OK)
@@ -68,7 +61,7 @@ def host_checks(cfg: Config, report: Report) -> bool:
                required=hv.machine == "q35")
     kvm_error = accel.kvm_device_error()
     report.add("kvm-device", not kvm_error, kvm_error or "/dev/kvm opens", required=False)
-    ksm = _read("/sys/kernel/mm/ksm/run")
+    ksm = read_value("/sys/kernel/mm/ksm/run")
     report.add("ksm", bool(ksm), f"/sys/kernel/mm/ksm/run = {ksm}" if ksm else "no KSM in the host kernel",
                required=False)
     report.add("tun", os.path.exists("/dev/net/tun"), "/dev/net/tun", required=False)
@@ -82,7 +75,10 @@ def template_check(cfg: Config, report: Report) -> None:
         report.add("templates", True, "off (hypervisor.templates = false): every VM boots cold", required=False)
         return
     from .vm import cloning, template
-    where = ", ".join(cloning.template_cgroups()) or "the caller's cgroup (none mounted)"
+    try:
+        where = ", ".join(cloning.template_cgroups())
+    except PellucidError:
+        where = "the caller's cgroup (none mounted)"
     built = len(template.list_templates(hv.template_dir))
     report.add("templates", True, f"on: VMs start as clones of templates of their size class in {hv.template_dir} "
                                   f"({built} built), built in {where}", required=False)
@@ -116,7 +112,7 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
                 "guest_kernel": hello.kernel,
                 "host_kernel": os.uname().release,
                 "guest_boot_id": hello.boot_id,
-                "host_boot_id": _read("/proc/sys/kernel/random/boot_id"),
+                "host_boot_id": read_value("/proc/sys/kernel/random/boot_id"),
                 "rootfs_dax": hello.rootfs_dax,
                 "boot_ms": round(vm.timeline.agent_ms),
                 "timeline_ms": {"kernel": round(vm.timeline.kernel_ms), "init": round(vm.timeline.init_ms),

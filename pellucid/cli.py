@@ -87,7 +87,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
     "version": ("info", "version", (), {}, False, "print the version"),
     "template": ("template", "template", ("action", "key?"), {
         **_JSON, "--dir": ("dir", VALUE, ""), "--memory": ("memory", VALUE, ""), "--vcpus": ("vcpus", VALUE, "")},
-        False, "VM templates clones start from: `template list|build|verify|remove [KEY]`"),
+        False, "VM templates clones start from: `template list|build|verify|remove KEY|prune`"),
     "install": ("install", "install", ("client",), _INSTALL, False,
                 "make docker, containerd, crio or podman able to run pellucid (--default: as their default)"),
     "uninstall": ("install", "uninstall", ("client",), _UNINSTALL, False,

@@ -1,4 +1,4 @@
-"""`pellucid template list|build|verify|remove`: the VM templates clones start from."""
+"""`pellucid template list|build|verify|remove|prune`: the VM templates clones start from."""
 
 from __future__ import annotations
 
@@ -30,8 +30,21 @@ def template(args: Args) -> int:
             raise PellucidError("`pellucid template remove KEY`: which template? (`pellucid template list`)")
         if not tpl.remove(root, args.key):
             raise PellucidError(f"no template {args.key} in {root}")
+        _release_cgroups(root)
         return 0
-    raise PellucidError(f"unknown template action {action!r}: use list, build, verify or remove")
+    if action == "prune":
+        for t in tpl.stale(cfg, root):
+            if tpl.remove(root, t.key):
+                print(f"removed {t.key} ({t.shape.memory_mib} MiB, {t.shape.vcpus} vCPUs): stale")
+        _release_cgroups(root)
+        return 0
+    raise PellucidError(f"unknown template action {action!r}: use list, build, verify, remove or prune")
+
+
+def _release_cgroups(root: str) -> None:
+    """The last template gone, pellucid's cgroup for template builds goes too."""
+    from ..vm import cloning
+    cloning.release_cgroups(root)
 
 
 def _list(tpl, root: str, as_json: bool) -> int:
@@ -59,9 +72,13 @@ def _build(tpl, cfg: config.Config, args: Args, root: str) -> int:
     if size is None:
         raise PellucidError(f"{memory} MiB and {vcpus} vCPUs are beyond the largest size class: such VMs boot cold")
     accelerator, _ = accel.choose(cfg, resolve(cfg), os.path.join(args.root, ".vm"))
-    cloning.join_cgroups(cloning.prepare_cgroups())  # the template's RAM is charged to pellucid, not the caller
+    spec = tpl.class_spec(cfg, accelerator, size, (SHARE_TAG,))
     factory = tpl.Factory(root, boot_timeout=cfg.hypervisor.boot_timeout)
-    t = factory.ensure(tpl.class_spec(cfg, accelerator, size, (SHARE_TAG,)), verify_ram=True)
+    # Built (or its RAM checked) in a child in pellucid's cgroup: its RAM is charged there, not to the caller.
+    cloning.build_elsewhere(cfg, spec, factory.nic_slots, store=root, verify_ram=True)
+    t = factory.find(spec)
+    if t is None:
+        raise PellucidError(f"the template just built for {size.name} is not in {root}")
     print(f"template {t.key} ({size.name}, {accelerator}) in {t.dir}, built in {t.manifest.get('build_ms')} ms")
     return 0
 

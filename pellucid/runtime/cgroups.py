@@ -20,6 +20,7 @@ import time
 
 from ..errors import ContainerError
 from ..host_messages import HostCgroup
+from ..kernfs import read_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,9 +101,14 @@ def own_paths(text: str) -> dict[str, str]:
     return out
 
 
+def is_v2(root: str = ROOT) -> bool:
+    """Whether ``root`` is the unified (v2) hierarchy alone, rather than v1's hierarchies side by side."""
+    return os.path.exists(f"{root}/cgroup.controllers")
+
+
 def hierarchies(root: str = ROOT) -> list[tuple[str, tuple[str, ...]]]:
     """The mounted hierarchies: (directory, its controllers); v2 is one directory with all of them."""
-    if os.path.exists(f"{root}/cgroup.controllers"):
+    if is_v2(root):
         return [(root, V2_CONTROLLERS)]
     out = []
     for name in sorted(os.listdir(root)):
@@ -194,7 +200,7 @@ def _write(path: str, value: str) -> None:
 
 def apply(cg: HostCgroup, resources: dict[str, Any], root: str = ROOT) -> None:
     """Write the limits of ``resources`` (plus the overhead) into the VM's cgroup."""
-    v2 = os.path.exists(f"{root}/cgroup.controllers")
+    v2 = is_v2(root)
     for controller, name, value in _files(host_limits(resources, cg), v2):
         for d in cg.dirs:
             if v2 or controller in _hierarchy_of(d, root).split(","):
@@ -223,16 +229,8 @@ def _make(d: str, hierarchy: str, controllers: tuple[str, ...], v2: bool) -> Non
             os.mkdir(current)
         if not v2 and "cpuset" in controllers:
             for name in ("cpuset.cpus", "cpuset.mems"):
-                if not _read(f"{current}/{name}"):
-                    _write(f"{current}/{name}", _read(f"{parent}/{name}"))
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return ""
+                if not read_value(f"{current}/{name}"):
+                    _write(f"{current}/{name}", read_value(f"{parent}/{name}"))
 
 
 def _enable_controllers(d: str) -> None:
@@ -252,7 +250,7 @@ def create(path: str, resources: dict[str, Any], cg: HostCgroup, root: str = ROO
            self_cgroup: str = SELF) -> HostCgroup:
     """Make the VM's cgroup at ``path`` in every hierarchy and write its limits; ``cg`` carries the
     overhead, the result also its directories. A failure removes what was made."""
-    v2 = os.path.exists(f"{root}/cgroup.controllers")
+    v2 = is_v2(root)
     made = HostCgroup(memory_overhead=cg.memory_overhead, cpu_millis=cg.cpu_millis, pids=cg.pids)
     new = HostCgroup()
     try:
@@ -275,10 +273,14 @@ def create(path: str, resources: dict[str, Any], cg: HostCgroup, root: str = ROO
 
 def join(dirs: Sequence[str]) -> None:
     """Move the calling process into ``dirs`` (run in a child before exec, so that it is there
-    before anyone learns its pid, and everything it starts is there too)."""
+    before anyone learns its pid, and everything it starts is there too: plain system calls, safe
+    between fork and exec)."""
     for d in dirs:
-        with open(f"{d}/cgroup.procs", "w") as f:
-            f.write("0")
+        fd = os.open(f"{d}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
 
 
 def _pids(d: str) -> list[int]:
@@ -310,3 +312,22 @@ def remove(cg: HostCgroup, timeout: float = REMOVE_TIMEOUT) -> None:
                         except ProcessLookupError:
                             pass
                 time.sleep(0.05)
+
+
+def remove_unused(path: str, root: str = ROOT) -> bool:
+    """Remove the cgroup at the absolute ``path`` in every hierarchy, and the levels above it that
+    it leaves empty, unless a process is in it (never kills: a cgroup in use stays). Whether none is left."""
+    left = False
+    for hierarchy, _ in hierarchies(root):
+        leaf = os.path.normpath(f"{hierarchy}/{path.lstrip('/')}")
+        d = leaf
+        while d.startswith(hierarchy + "/"):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:  # EBUSY: a process is in it, or the level holds other cgroups
+                break
+            d = os.path.dirname(d)
+        left = left or os.path.isdir(leaf)
+    return not left

@@ -62,6 +62,8 @@ class VMSpec:
     ram_shared: bool = True
     #: start paused, waiting for a migration stream given later over QMP (a clone of a template)
     incoming: bool = False
+    #: TCG only: the cap on the translated-code cache, MiB (0: QEMU's default, min(1 GiB, RAM/8))
+    tcg_tb_size_mib: int = 0
 
 
 def cpu_model(accelerator: str) -> str:
@@ -89,6 +91,13 @@ def maxmem_mib(spec: VMSpec) -> int:
     return spec.memory_mib + image_mib + 2048
 
 
+def accel_option(spec: VMSpec) -> str:
+    """``-accel``'s value: KVM has no option of ours; TCG may cap its code cache (``tb-size``)."""
+    if spec.accelerator == "tcg" and spec.tcg_tb_size_mib > 0:
+        return f"tcg,tb-size={spec.tcg_tb_size_mib}"
+    return spec.accelerator
+
+
 def build_argv(spec: VMSpec) -> list[str]:
     if spec.machine not in ("q35", "microvm"):
         raise ValueError(f"unknown machine {spec.machine}")
@@ -105,12 +114,13 @@ def build_argv(spec: VMSpec) -> list[str]:
         argv += ["-object", f"memory-backend-file,id=ram0,mem-path={spec.ram_file},size={spec.memory_mib}M,"
                             f"share={share}"]
     if spec.machine == "q35":
-        argv += ["-machine", f"q35,accel={spec.accelerator},{Q35_OPTIONS},mem-merge=on{ram}",
+        argv += ["-machine", f"q35,{Q35_OPTIONS},mem-merge=on{ram}",
                  "-bios", spec.firmware,
                  "-m", f"{spec.memory_mib}M,slots=2,maxmem={maxmem_mib(spec)}M"]
     else:
-        argv += ["-machine", f"microvm,accel={spec.accelerator},mem-merge=on,isa-serial=on{ram}",
+        argv += ["-machine", f"microvm,mem-merge=on,isa-serial=on{ram}",
                  "-m", f"{spec.memory_mib}M"]
+    argv += ["-accel", accel_option(spec)]  # -accel and -machine accel= exclude each other
     argv += ["-cpu", cpu_model(spec.accelerator), "-smp", str(spec.vcpus),
              "-kernel", spec.kernel, "-append", kernel_cmdline(spec)]
     # Root image: mapped from the host page cache once for all VMs. Read-only on the host side too,

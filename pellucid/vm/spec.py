@@ -20,7 +20,7 @@ def make_spec(cfg: Config, assets: Assets, accelerator: str, *, name: str = "pel
                   image=assets.image, image_size=assets.image_size, firmware=hv.firmware,
                   vcpus=vcpus or hv.vcpus, memory_mib=memory_mib or hv.memory_mib, name=name,
                   console_file=console_file, debug=hv.debug_console, shares=shares, nics=nics,
-                  extra_cmdline=extra)
+                  extra_cmdline=extra, tcg_tb_size_mib=hv.tcg_tb_size_mib if accelerator == "tcg" else 0)
 
 
 def host_tsc_khz() -> int:

@@ -9,12 +9,14 @@ request (``clone_resumed``) reseeds the guest's RNG, sets its clock and gives it
 
 What a clone may differ in from its template (the per-clone parts of the command line): its name,
 pid file, channels, console, the backends of its NIC slots (a template's are connected to nothing;
-a clone's are the container's taps, unused slots connected to nothing) and the host directories of its
-9p shares (a template never mounts them: QEMU blocks migration once the guest mounts 9p). Everything
+a clone's are the container's taps, unused slots connected to nothing), the host directories of its
+9p shares (a template never mounts them: QEMU blocks migration once the guest mounts 9p) and TCG's
+code cache cap (QEMU's, not migrated: a template is built with QEMU's default). Everything
 else is the template's *key*: QEMU binary, kernel, root image, accelerator, CPU model, machine and
 devices, memory and vCPUs, the protocol version. Templates are built on first need under a lock
 (concurrent builders wait for one build) in ``DIR/<key>/`` with a manifest that holds checksums of
-the RAM file and the state; a template whose key or checksums do not match is rebuilt.
+the RAM file and the state; a template whose key or checksums do not match is rebuilt, and a new
+template replaces the stale ones of its shape and accelerator (:func:`stale` finds every one).
 
 Nothing may discard a clone's RAM: QEMU 7.2 punches holes in the backing file even for a private
 mapping, so a balloon, free page reporting, virtio-mem or postcopy would zero the template for every
@@ -99,7 +101,7 @@ def template_spec(spec: VMSpec, shape: Shape, ram_file: str, scratch: str) -> VM
     return replace(spec, name="pellucid-template", memory_mib=shape.memory_mib, vcpus=shape.vcpus,
                    nics=tuple(Nic(mac=slot_mac(i), mtu=SLOT_MTU) for i in range(shape.nic_slots)),
                    shares=tuple(Share(tag, scratch) for tag in shape.share_tags),
-                   ram_file=ram_file, ram_shared=True, incoming=False)
+                   ram_file=ram_file, ram_shared=True, incoming=False, tcg_tb_size_mib=0)
 
 
 def clone_spec(spec: VMSpec, shape: Shape, ram_file: str) -> VMSpec:
@@ -118,7 +120,8 @@ def layout_argv(spec: VMSpec) -> list[str]:
     canonical = replace(spec, name="pellucid", pidfile="", agent_fd=3, qmp_fd=4, console_file="",
                         nics=tuple(Nic(mac=n.mac, mtu=n.mtu) for n in spec.nics),
                         shares=tuple(Share(s.tag, "SHARE", s.readonly) for s in spec.shares),
-                        ram_file="RAM" if spec.ram_file else "", ram_shared=True, incoming=False)
+                        ram_file="RAM" if spec.ram_file else "", ram_shared=True, incoming=False,
+                        tcg_tb_size_mib=0)
     return build_argv(canonical)
 
 
@@ -262,6 +265,14 @@ def remove(root: str, key: str) -> bool:
     return True
 
 
+def _same_kind(a: Template, b: Template) -> bool:
+    """Whether two templates serve the same VMs: same shape, same accelerator."""
+    try:
+        return a.shape == b.shape and a.manifest.get("accelerator") == b.manifest.get("accelerator")
+    except (KeyError, TypeError):  # a manifest of another recipe: not of any kind we build
+        return False
+
+
 class Factory:
     """Templates for one configuration (QEMU, assets, accelerator): built on first need, cloned."""
 
@@ -298,9 +309,21 @@ class Factory:
             template = load(self.root, key)  # another builder may have finished while we waited
             if template is not None and not problems(template, full=verify_ram):
                 return template
-            return self._build(spec, shape, key)
+            template = self._build(spec, shape, key)
         finally:
             _unlock(fd)
+        self.remove_replaced(template)  # after our lock is released: never two builders waiting on each other
+        return template
+
+    def remove_replaced(self, new: Template) -> list[str]:
+        """Remove the templates ``new`` replaces: those of its shape and accelerator under another key
+        (built from other assets, another QEMU binary or protocol, ...); their keys. Running clones of
+        them keep their mapping of the unlinked files."""
+        gone = []
+        for t in list_templates(self.root):
+            if t.key != new.key and _same_kind(t, new) and remove(self.root, t.key):
+                gone.append(t.key)
+        return gone
 
     def _build(self, spec: VMSpec, shape: Shape, key: str) -> Template:
         started = time.monotonic()
@@ -455,3 +478,21 @@ def class_spec(cfg: Config, accelerator: str, size: SizeClass, share_tags: tuple
     assets = resolve(cfg)
     return make_spec(cfg, assets, accelerator, shares=tuple(Share(tag, "") for tag in share_tags),
                      vcpus=size.vcpus, memory_mib=size.memory_mib)
+
+
+def stale(cfg: Config, root: str) -> list[Template]:
+    """The templates in ``root`` that this configuration would not clone from: built by another
+    recipe, or under a key that no longer matches what VMs of their shape and accelerator are made
+    of now (assets, QEMU binary, protocol, devices, ...). TemplateError if the current VMs cannot
+    be described (no assets): then nothing is known to be stale."""
+    found = []
+    for t in list_templates(root):
+        try:
+            shape = t.shape
+            spec = class_spec(cfg, t.manifest["accelerator"], SizeClass(shape.memory_mib, shape.vcpus), shape.share_tags)
+            current = Factory(root).key(spec, shape)
+        except (KeyError, TypeError, ValueError):  # a manifest we cannot read: not ours to clone from
+            current = ""
+        if t.manifest.get("recipe") != RECIPE or current != t.key:
+            found.append(t)
+    return found

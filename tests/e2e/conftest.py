@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pellucid.vm import cloning
+from pellucid.vm import template as tpl
 from tests.clients import harness
 from tests.evidence import keep_on_failure
 
@@ -36,9 +38,13 @@ TEMPLATES = os.environ.get("PELLUCID_TEST_TEMPLATES", "1") != "0"  # 0: every VM
 
 @pytest.fixture(scope="session")
 def template_dir():
-    """The session's own template store on tmpfs (templates are built on first need), removed afterwards."""
+    """The session's own template store on tmpfs (templates are built on first need), removed afterwards
+    as `pellucid template remove` removes templates: pellucid's cgroup for their builds goes with the last."""
     path = tempfile.mkdtemp(prefix="pellucid-test-templates-", dir="/dev/shm")
     yield path
+    for t in tpl.list_templates(path):
+        tpl.remove(path, t.key)
+    cloning.release_cgroups(path)
     shutil.rmtree(path, ignore_errors=True)
 
 

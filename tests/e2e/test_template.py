@@ -1,5 +1,6 @@
 """VM templates with real QEMU: a template built once, clones started from it that answer, have
-secrets of their own, mount the 9p share, get a working NIC, and cannot change the template."""
+secrets of their own, mount the 9p share, get a working NIC, and cannot change the template; a
+stale template pruned, and pellucid's cgroup for template builds gone with the last template."""
 
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ import pytest
 
 from pellucid import config as config_mod
 from pellucid import messages, protocol
+from pellucid.kernfs import read_value
 from pellucid.oci.default_spec import default_spec
 from pellucid.runtime.guest_config import translate
+from pellucid.vm import cloning
 from pellucid.vm import template as tpl
 from pellucid.vm.assets import resolve
 from pellucid.vm.machine import VM
-from pellucid.vm.qemu_args import Nic, Share
+from pellucid.vm.qemu_args import Nic, Share, build_argv
 from pellucid.vm.spec import make_spec
 
-from .conftest import qemu_pids
+from .conftest import PELLUCID, qemu_pids
 
 pytestmark = pytest.mark.vm
 
@@ -149,6 +152,16 @@ def test_two_clones_answer_with_their_own_boot_ids_and_random_bytes(clones, busy
     assert (boot_a, boot_b) == (a.hello.boot_id, b.hello.boot_id)
 
 
+def test_a_clone_runs_with_a_code_cache_cap_its_template_was_built_without(clones, busybox_template, template):
+    """TCG's code cache is not migrated: the template is built with QEMU's default, the clone restores
+    with the configured cap (-accel tcg,tb-size) and runs a container."""
+    assert "-accel" in template.manifest["layout"] and not any("tb-size" in a for a in template.manifest["layout"])
+    vm, share = clones()
+    assert vm.spec.tcg_tb_size_mib > 0 and "tcg,tb-size=" in " ".join(build_argv(vm.spec))
+    status, out = run(vm, share, busybox_template, "cap", "for i in $(seq 2000); do :; done; echo done")
+    assert (status, out) == (0, b"done\n")
+
+
 def test_a_clone_that_writes_all_its_memory_leaves_the_template_unchanged(clones, busybox_template, template):
     """A container fills most of the guest's free RAM with random bytes; the template's file is as built."""
     before = digest(template.ram)
@@ -239,3 +252,42 @@ def test_concurrent_first_builders_wait_for_one_build(cfg, base_spec, tmp_path):
 
 def cfg_text(cfg: config_mod.Config) -> str:
     return f'[assets]\ndir = "{cfg.assets.dir}"\n'
+
+
+def template_cgroups_gone_or_busy() -> bool:
+    """pellucid's template cgroup is gone, unless a build (another test run's) is in it now."""
+    left = [d for d in cloning.template_cgroups() if os.path.isdir(d)]
+    return not left or any(read_value(f"{d}/cgroup.procs") for d in left)
+
+
+def test_a_stale_template_is_pruned_and_the_cgroup_goes_with_the_last(cfg, tmp_path):
+    """`pellucid template build` in a store of the test's own; then the root image is rebuilt (a new
+    file, as `pellucid assets build` makes it): the template is stale, `template prune` removes it,
+    and pellucid's cgroup for template builds goes with the last template."""
+    assets = resolve(cfg)
+    kernel, image = tmp_path / "vmlinux", tmp_path / "root.img"
+    shutil.copyfile(assets.kernel, kernel)
+    shutil.copyfile(assets.image, image)
+    store = tempfile.mkdtemp(prefix="pellucid-test-templates-", dir="/dev/shm")
+    conf = tmp_path / "pellucid.toml"
+    conf.write_text(f'[hypervisor]\naccelerator = "tcg"\nboot_timeout = {TIMEOUT}\ntemplate_dir = "{store}"\n'
+                    f'[assets]\nkernel = "{kernel}"\nimage = "{image}"\n')
+
+    def pellucid(*args: str) -> str:
+        out = subprocess.run([PELLUCID, "--config", str(conf), "template", *args], capture_output=True, text=True,
+                             timeout=2 * TIMEOUT + 60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    try:
+        pellucid("build")
+        (built,) = tpl.list_templates(store)
+        assert pellucid("prune") == ""  # it is current: nothing to prune
+        # The root image rebuilt: a new file, the same bytes.
+        shutil.copyfile(image, tmp_path / "new.img")
+        os.replace(tmp_path / "new.img", image)
+        assert pellucid("prune").startswith(f"removed {built.key} (256 MiB, 1 vCPUs): stale")
+        assert tpl.list_templates(store) == []
+        assert template_cgroups_gone_or_busy()
+    finally:
+        shutil.rmtree(store, ignore_errors=True)

@@ -12,57 +12,16 @@ from pellucid.errors import ContainerError
 from pellucid.host_messages import HostCgroup
 from pellucid.runtime import cgroups
 
-V1 = ("cpu,cpuacct", "cpuset", "memory", "pids", "systemd", "unified")
+from .conftest import V1
+
 OVERHEAD = HostCgroup(memory_overhead=448 << 20, cpu_millis=250, pids=512)
-SELF = "1:cpu,cpuacct:/\n3:cpuset:/\n4:memory:/user/me\n8:pids:/\n9:name=systemd:/\n0::/\n"
 
 
 def read(path) -> str:
     return open(path).read().strip()
 
 
-@pytest.fixture(autouse=True)
-def cgroupfs_rmdir(monkeypatch):
-    """rmdir as on a cgroupfs: a cgroup's control files go with it."""
-    rmdir = os.rmdir
-
-    def remove(path: str) -> None:
-        if os.path.isdir(path):
-            for name in os.listdir(path):
-                if os.path.isfile(os.path.join(path, name)):
-                    os.unlink(os.path.join(path, name))
-        rmdir(path)
-
-    monkeypatch.setattr(cgroups.os, "rmdir", remove)
-
-
-@pytest.fixture
-def v1(tmp_path):
-    root = tmp_path / "cgroup"
-    for name in V1:
-        d = root / name
-        d.mkdir(parents=True)
-        (d / "cgroup.procs").write_text("")
-    (root / "cpuset" / "cpuset.cpus").write_text("0-3\n")
-    (root / "cpuset" / "cpuset.mems").write_text("0\n")
-    (root / "memory" / "user" / "me").mkdir(parents=True)
-    os.symlink("cpu,cpuacct", root / "cpu")  # as hosts co-mount them: the link is not a hierarchy
-    self_cgroup = tmp_path / "self"
-    self_cgroup.write_text(SELF)
-    return str(root), str(self_cgroup)
-
-
-@pytest.fixture
-def v2(tmp_path):
-    root = tmp_path / "cgroup2"
-    (root / "kubepods").mkdir(parents=True)
-    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids\n")
-    (root / "cgroup.subtree_control").write_text("")
-    (root / "kubepods" / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids\n")
-    (root / "kubepods" / "cgroup.subtree_control").write_text("")
-    self_cgroup = tmp_path / "self"
-    self_cgroup.write_text("0::/user.slice\n")
-    return str(root), str(self_cgroup)
+pytestmark = pytest.mark.usefixtures("cgroupfs_rmdir")
 
 
 @pytest.mark.parametrize("value, path", [

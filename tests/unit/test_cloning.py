@@ -1,83 +1,97 @@
-"""A container's VM as a clone, without a VM: pellucid's cgroups for template builds (v1 and v2), the
-size class, and the order start() goes in (fit, find, build elsewhere, find again, clone)."""
+"""A container's VM as a clone, without a VM: pellucid's cgroup for template builds (v1 and v2, on a
+fake cgroupfs), made for a build and removed with the last template or after a failed build; the size
+class, and the order start() goes in (fit, find, build elsewhere, find again, clone)."""
 
 import os
+import subprocess
 
 import pytest
 
 from pellucid import config
+from pellucid.errors import ContainerError
 from pellucid.vm import cloning
 from pellucid.vm import template as tpl
 from pellucid.vm.qemu_args import Nic, Share, VMSpec
 
-
-def mountinfo(root, hybrid=True):
-    """A mount table: cgroup v1 hierarchies and a v2 one (hybrid), or v2 alone, under ``root``."""
-    lines = [f"22 1 0:20 / {root}/proc rw - proc proc rw"]
-    if hybrid:
-        for i, (name, opts) in enumerate((("memory", "rw,memory"), ("cpu,cpuacct", "rw,cpu,cpuacct"),
-                                          ("cpuset", "rw,cpuset"), ("systemd", "rw,xattr,name=systemd"))):
-            lines.append(f"{30 + i} 25 0:{30 + i} / {root}/{name} rw,relatime shared:{i} - cgroup cgroup {opts}")
-        lines.append(f"40 25 0:40 / {root}/unified rw,relatime shared:9 - cgroup2 cgroup2 rw")
-    else:
-        lines.append(f"40 1 0:40 / {root} rw,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate")
-    return "\n".join(lines) + "\n"
+from .conftest import V1
+from .test_template import fake_template
 
 
-def test_v1_every_hierarchy_with_a_controller_and_not_an_empty_unified_one(tmp_path):
-    assert cloning.cgroup_dirs(mountinfo(tmp_path)) == [
-        f"{tmp_path}/cpu,cpuacct/pellucid-templates", f"{tmp_path}/cpuset/pellucid-templates",
-        f"{tmp_path}/memory/pellucid-templates"]
+def test_v1_every_hierarchy_gets_the_cgroup_and_a_cpuset_its_parents_cpus(v1):
+    root, _ = v1
+    dirs = cloning.prepare_cgroups(root)
+    assert dirs == [f"{root}/{h}/pellucid-templates" for h in V1]  # the link "cpu" is no hierarchy
+    assert read(f"{root}/cpuset/pellucid-templates/cpuset.cpus") == "0-3"
+    assert read(f"{root}/cpuset/pellucid-templates/cpuset.mems") == "0"
+    assert cloning.prepare_cgroups(root) == dirs == cloning.template_cgroups(root)  # again: nothing to do
 
 
-def test_v2_the_unified_hierarchy_when_it_has_controllers(tmp_path):
-    assert cloning.cgroup_dirs(mountinfo(tmp_path, hybrid=False), "cpu memory pids") == [
-        f"{tmp_path}/pellucid.slice/templates"]
-    assert cloning.cgroup_dirs(mountinfo(tmp_path, hybrid=False), "") == []
+def test_v2_the_slice_lets_its_child_account(v2):
+    root, _ = v2
+    assert cloning.prepare_cgroups(root) == [f"{root}/pellucid.slice/templates"]
+    assert read(f"{root}/cgroup.subtree_control") == "+cpu +cpuset +memory +pids"
+    assert os.path.isdir(f"{root}/pellucid.slice/templates")
 
 
-def test_v1_cgroups_are_made_and_a_cpuset_gets_its_parents_cpus(tmp_path):
-    for name in ("memory", "cpu,cpuacct", "cpuset", "systemd", "unified"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "cpuset" / "cpuset.cpus").write_text("0-1\n")
-    (tmp_path / "cpuset" / "cpuset.mems").write_text("0\n")
-    # What the kernel makes in a new v1 cpuset: empty cpus and mems.
-    os.makedirs(tmp_path / "cpuset" / cloning.CGROUP_V1)
-    (tmp_path / "cpuset" / cloning.CGROUP_V1 / "cpuset.cpus").write_text("")
-    (tmp_path / "cpuset" / cloning.CGROUP_V1 / "cpuset.mems").write_text("")
-    dirs = cloning.prepare_cgroups(mountinfo(tmp_path))
-    assert all(os.path.isdir(d) for d in dirs) and len(dirs) == 3
-    assert (tmp_path / "cpuset" / cloning.CGROUP_V1 / "cpuset.cpus").read_text() == "0-1"
-    assert (tmp_path / "cpuset" / cloning.CGROUP_V1 / "cpuset.mems").read_text() == "0"
-    assert not (tmp_path / "systemd" / cloning.CGROUP_V1).exists()
-    assert cloning.prepare_cgroups(mountinfo(tmp_path)) == dirs  # again: nothing to do
+@pytest.mark.usefixtures("cgroupfs_rmdir")
+def test_a_cgroup_that_cannot_be_made_is_a_template_error(v1, monkeypatch):
+    root, _ = v1
+
+    def refuse(path: str, value: str) -> None:
+        raise ContainerError(f"writing {path}: No space left on device")
+
+    monkeypatch.setattr(cloning.cgroups, "_write", refuse)  # the cpuset's CPUs cannot be seeded
+    with pytest.raises(tpl.TemplateError, match="pellucid's cgroup.*cpuset.cpus"):
+        cloning.prepare_cgroups(root)
+    assert not any(os.path.exists(f"{root}/{h}/pellucid-templates") for h in V1)  # what it made is gone again
 
 
-def test_v2_the_slice_lets_its_child_account_memory(tmp_path):
-    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    slice_dir = tmp_path / "pellucid.slice"
-    slice_dir.mkdir()
-    (slice_dir / "cgroup.controllers").write_text("cpu io memory pids\n")
-    (slice_dir / "cgroup.subtree_control").write_text("")
-    assert cloning.prepare_cgroups(mountinfo(tmp_path, hybrid=False)) == [f"{slice_dir}/templates"]
-    assert (slice_dir / "cgroup.subtree_control").read_text() == "+cpu +io +memory +pids"
-    assert (slice_dir / "templates").is_dir()
+@pytest.mark.usefixtures("cgroupfs_rmdir")
+def test_the_cgroup_goes_with_the_last_template(v2, tmp_path):
+    root, _ = v2
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    cloning.prepare_cgroups(root)
+    fake_template(store, "k1")
+    store = str(store)
+    assert cloning.release_cgroups(store, root) is False  # a template is left: its pages are charged there
+    assert os.path.isdir(f"{root}/pellucid.slice/templates")
+    tpl.remove(store, "k1")
+    assert cloning.release_cgroups(store, root) is True
+    assert not os.path.exists(f"{root}/pellucid.slice")  # the slice it left empty too
+    assert os.path.isdir(f"{root}/kubepods")
 
 
-def test_a_cgroup_that_cannot_be_made_is_a_template_error(tmp_path):
-    (tmp_path / "memory").write_text("not a directory")
-    info = f"30 25 0:30 / {tmp_path}/memory rw - cgroup cgroup rw,memory\n"
-    with pytest.raises(tpl.TemplateError, match="pellucid's cgroup"):
-        cloning.prepare_cgroups(info)
+@pytest.mark.usefixtures("cgroupfs_rmdir")
+def test_a_cgroup_a_build_is_in_stays(v1, tmp_path):
+    root, _ = v1
+    store = str(tmp_path / "store")
+    dirs = cloning.prepare_cgroups(root)
+    with open(f"{dirs[0]}/cgroup.procs", "w") as f:
+        f.write("4242\n")
+    assert cloning.release_cgroups(store, root) is False
+    assert os.path.isdir(dirs[0])
+    os.unlink(f"{dirs[0]}/cgroup.procs")  # the build is over
+    assert cloning.release_cgroups(store, root) is True
+    assert not any(os.path.exists(d) for d in dirs)
 
 
-def test_joining_writes_0_to_each_cgroup_procs(tmp_path):
-    dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
-    for d in dirs:
-        os.mkdir(d)
-        open(os.path.join(d, "cgroup.procs"), "w").close()
-    cloning.join_cgroups(dirs)
-    assert [open(os.path.join(d, "cgroup.procs")).read() for d in dirs] == ["0", "0"]
+@pytest.mark.usefixtures("cgroupfs_rmdir")
+def test_a_failed_build_leaves_no_cgroup(v1, tmp_path, monkeypatch):
+    root, _ = v1
+    monkeypatch.setattr(cloning.cgroups, "ROOT", root)
+    monkeypatch.setattr(cloning.cgroups, "join", lambda dirs: None)  # the child writes no fake cgroup.procs
+    path = tmp_path / "pellucid.toml"
+    path.write_text(f'[hypervisor]\ntemplate_dir = "{tmp_path}/store"\n[assets]\ndir = "{tmp_path}/none"\n')
+    cfg = config.load(str(path))
+    with pytest.raises(tpl.TemplateError, match="build failed"):
+        cloning.build_elsewhere(cfg, spec(memory_mib=256), 1)
+    assert not any(os.path.exists(f"{root}/{h}/pellucid-templates") for h in V1)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
 
 
 def spec(**kw):
@@ -137,3 +151,26 @@ def test_a_build_that_does_not_match_is_a_template_error(steps, monkeypatch):
     with pytest.raises(tpl.TemplateError, match="does not match"):
         cloning.start(cfg, spec(memory_mib=256), "/w")
     assert done == ["find", "build", "find"]
+
+
+def test_a_cgroup_removed_before_the_builder_joins_it_is_made_again(monkeypatch, tmp_path):
+    """A release (of another store) may remove the cgroup between its making and the child's joining it."""
+    made, started = [], []
+
+    class Proc:
+        returncode = 0
+
+        def communicate(self, timeout):
+            return b"", b""
+
+    def popen(argv, **kw):
+        started.append(argv)
+        if len(started) == 1:
+            raise subprocess.SubprocessError("Exception occurred in preexec_fn.")
+        return Proc()
+
+    monkeypatch.setattr(cloning, "prepare_cgroups", lambda: made.append(1) or ["/cg"])
+    monkeypatch.setattr(cloning.subprocess, "Popen", popen)
+    cfg = config.parse(f'[hypervisor]\ntemplate_dir = "{tmp_path}/store"\n')
+    cloning.build_elsewhere(cfg, spec(memory_mib=256), 1)
+    assert len(made) == len(started) == 2

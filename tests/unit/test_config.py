@@ -20,6 +20,7 @@ def test_values_are_read_and_typed():
     assert cfg.hypervisor.accelerator == "tcg"
     assert cfg.hypervisor.memory_mib == 512
     assert cfg.hypervisor.boot_timeout == 5.0
+    assert config.parse("[hypervisor]\ntcg_tb_size_mib = 0\n").hypervisor.tcg_tb_size_mib == 0  # QEMU's default
     assert cfg.kernel_path == "/k"
     assert cfg.image_path == "/var/lib/pellucid/root.img"
 
@@ -28,6 +29,8 @@ def test_values_are_read_and_typed():
     ('[hypervisor]\naccelerator = "hvf"', "accelerator"),
     ('[hypervisor]\nmachine = "pc"', "machine"),
     ('[hypervisor]\nvcpus = 0', "vcpus"),
+    ('[hypervisor]\ntcg_tb_size_mib = 2', "tcg_tb_size_mib"),
+    ('[hypervisor]\ntcg_tb_size_mib = 4096', "tcg_tb_size_mib"),
     ('[hypervisor]\nvcpus = "2"', "must be a int"),
     ('[hypervisor]\ndebug_console = 1', "must be a bool"),
     ('[hypervisor]\nnope = 1', "unknown key"),

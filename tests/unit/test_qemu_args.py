@@ -21,7 +21,8 @@ def test_q35_machine_has_legacy_parts_off_and_qboot():
     argv = build_argv(spec())
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert pairs(argv, "-machine") == [
-        "q35,accel=tcg,sata=off,smbus=off,hpet=off,i8042=off,vmport=off,usb=off,graphics=off,mem-merge=on"]
+        "q35,sata=off,smbus=off,hpet=off,i8042=off,vmport=off,usb=off,graphics=off,mem-merge=on"]
+    assert pairs(argv, "-accel") == ["tcg"]
     assert pairs(argv, "-bios") == ["/usr/share/qemu/qboot.rom"]
     assert "-nodefaults" in argv and "-no-reboot" in argv
     assert pairs(argv, "-cpu") == ["max"]
@@ -40,7 +41,8 @@ def test_q35_root_is_read_only_virtio_pmem_with_dax():
 
 def test_microvm_uses_virtio_mmio_block_root_without_dax():
     argv = build_argv(spec(machine="microvm"))
-    assert pairs(argv, "-machine")[0].startswith("microvm,accel=tcg")
+    assert pairs(argv, "-machine")[0].startswith("microvm,")
+    assert pairs(argv, "-accel") == ["tcg"]
     assert "-bios" not in argv
     assert pairs(argv, "-drive") == ["id=root,file=/a/root.img,format=raw,if=none,readonly=on,cache=none,aio=threads"]
     devices = pairs(argv, "-device")
@@ -53,7 +55,8 @@ def test_microvm_uses_virtio_mmio_block_root_without_dax():
 def test_kvm_uses_host_cpu():
     argv = build_argv(spec(accelerator="kvm"))
     assert pairs(argv, "-cpu") == ["host"]
-    assert pairs(argv, "-machine")[0].startswith("q35,accel=kvm,")
+    assert pairs(argv, "-accel") == ["kvm"]
+    assert not [a for a in argv if "accel=" in a]  # -machine accel= and -accel exclude each other
 
 
 def test_channels_are_inherited_sockets():
@@ -123,7 +126,8 @@ def test_ram_in_a_file_shared_for_a_template_private_for_a_clone():
                                 ram_shared=False, incoming=True))
         assert "memory-backend-file,id=ram0,mem-path=/t/ram,size=512M,share=on" in pairs(template, "-object")
         assert "memory-backend-file,id=ram0,mem-path=/t/ram,size=512M,share=off" in pairs(clone, "-object")
-        assert pairs(template, "-machine")[0].startswith(f"{machine},accel={accel},")
+        assert pairs(template, "-machine")[0].startswith(f"{machine},")
+        assert pairs(template, "-accel") == [accel]
         assert pairs(template, "-machine")[0].endswith(",memory-backend=ram0")
         assert "-S" not in template and "-incoming" not in template
         assert clone[-3:] == ["-S", "-incoming", "defer"]
@@ -137,3 +141,23 @@ def test_a_nic_without_backend_is_connected_to_nothing():
     assert pairs(argv, "-netdev") == ["tap,id=net1,ifname=t1,script=no,downscript=no,vhost=off"]
     assert pairs(argv, "-device")[-2:] == ["virtio-net-pci,mac=02:70:6c:74:00:00,host_mtu=1500",
                                            "virtio-net-pci,netdev=net1,mac=02:70:6c:74:00:01,host_mtu=1500"]
+
+
+@pytest.mark.parametrize("machine", ["q35", "microvm"])
+def test_tcg_caps_its_code_cache_and_kvm_has_no_such_option(machine):
+    assert pairs(build_argv(spec(machine=machine, tcg_tb_size_mib=64)), "-accel") == ["tcg,tb-size=64"]
+    assert pairs(build_argv(spec(machine=machine, tcg_tb_size_mib=0)), "-accel") == ["tcg"]  # QEMU's default
+    kvm = build_argv(spec(machine=machine, accelerator="kvm", tcg_tb_size_mib=64))
+    assert pairs(kvm, "-accel") == ["kvm"] and not [a for a in kvm if "tb-size" in a]
+
+
+def test_the_configured_code_cache_cap_reaches_tcg_vms_only():
+    from pellucid import config
+    from pellucid.vm import spec as spec_mod
+    from pellucid.vm.assets import Assets
+    assets = Assets("/k", "/i", 1 << 20, "6.1", "k", "i")
+    cfg = config.parse("[hypervisor]\ntcg_tb_size_mib = 48\n")
+    assert pairs(build_argv(spec_mod.make_spec(cfg, assets, "tcg")), "-accel") == ["tcg,tb-size=48"]
+    assert pairs(build_argv(spec_mod.make_spec(cfg, assets, "kvm")), "-accel") == ["kvm"]
+    default = spec_mod.make_spec(config.parse(""), assets, "tcg")
+    assert default.tcg_tb_size_mib == config.HypervisorConfig().tcg_tb_size_mib

@@ -9,8 +9,11 @@ import time
 
 import pytest
 
+from pellucid import config
+from pellucid.errors import PellucidError
 from pellucid.vm import template as tpl
 from pellucid.vm.qemu_args import Nic, Share, VMSpec, build_argv
+from pellucid.vm.size_class import SizeClass
 
 
 def spec(**kw):
@@ -48,7 +51,8 @@ def test_a_clone_has_the_templates_devices_in_the_same_order(machine, accel):
     # The guest saw the slot's MAC at boot; the agent gives the clone's NIC the container's.
     assert f"virtio-net-{bus},netdev=net0,mac=02:70:6c:74:00:00,host_mtu=1500" in pairs(cargv, "-device")
     assert pairs(cargv, "-cpu") == ["host" if accel == "kvm" else "max"]
-    assert pairs(cargv, "-machine")[0].startswith(f"{machine},accel={accel},")
+    assert pairs(cargv, "-machine")[0].startswith(f"{machine},")
+    assert pairs(cargv, "-accel") == [accel]
 
 
 def test_unused_nic_slots_are_connected_to_nothing():
@@ -89,6 +93,8 @@ def test_the_key_covers_what_must_match_and_nothing_per_clone():
               key(spec(vcpus=2)), key(spec(nics=(Nic(mac="02:00:00:00:00:01", tap="a"),) * 2)),
               key(spec(shares=(Share("other", "/x"),))), key(spec(debug=True)), key(spec(image_size=128 << 20))]
     assert len({base, *others}) == len(others) + 1
+    # TCG's code cache cap is QEMU's, not the guest's: not migrated, so a clone may have its own.
+    assert key(spec(tcg_tb_size_mib=16)) == base
     # VMs with no NIC and with one share a template (one NIC slot by default).
     assert key(spec(nics=(Nic(mac="02:00:00:00:00:01", tap="a"),))) == base
 
@@ -102,14 +108,16 @@ def test_file_identity_changes_when_the_file_is_replaced(tmp_path):
     assert tpl.file_identity(str(f)) != first
 
 
-def fake_template(root, key, ram=b"\0" * (1 << 20), state=b"state"):
+def fake_template(root, key, ram=b"\0" * (1 << 20), state=b"state", shape=tpl.Shape(1, 1, 1, ()), accelerator="tcg"):
     d = root / key
     d.mkdir(mode=0o700)
     (d / "ram").write_bytes(ram)
     (d / "state").write_bytes(state)
     manifest = {"recipe": tpl.RECIPE, "key": key, "memory_mib": len(ram) >> 20, "state_bytes": len(state),
                 "state_sha256": hashlib.sha256(state).hexdigest(), "ram_sha256": hashlib.sha256(ram).hexdigest(),
-                "shape": {"memory_mib": 1, "vcpus": 1, "nic_slots": 1, "share_tags": []}}
+                "accelerator": accelerator,
+                "shape": {"memory_mib": shape.memory_mib, "vcpus": shape.vcpus, "nic_slots": shape.nic_slots,
+                          "share_tags": list(shape.share_tags)}}
     (d / "manifest.json").write_text(json.dumps(manifest))
     for name in ("ram", "state", "manifest.json"):
         os.chmod(d / name, 0o600)
@@ -191,3 +199,74 @@ def test_an_invalid_template_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(factory, "_build", lambda s, shape, key: rebuilt.append(key) or t)
     factory.ensure(spec())
     assert rebuilt == ["k1"]
+
+
+def test_the_template_is_built_with_qemus_code_cache_and_a_clone_has_its_own_cap():
+    container = spec(tcg_tb_size_mib=32)
+    shape = tpl.shape_of(container)
+    assert pairs(build_argv(tpl.template_spec(container, shape, "/t/ram", "/t/share")), "-accel") == ["tcg"]
+    assert pairs(build_argv(tpl.clone_spec(container, shape, "/t/ram")), "-accel") == ["tcg,tb-size=32"]
+
+
+def test_a_new_template_replaces_the_stale_ones_of_its_kind(tmp_path, monkeypatch):
+    """Built for the same shape and accelerator under another key (new assets, QEMU, protocol...),
+    the old template goes; those of another size or accelerator stay."""
+    fake_template(tmp_path, "old")
+    fake_template(tmp_path, "big", shape=tpl.Shape(2, 1, 1, ()))
+    fake_template(tmp_path, "kvm", accelerator="kvm")
+    factory = tpl.Factory(str(tmp_path))
+    monkeypatch.setattr(factory, "key", lambda s, shape: "new")
+    monkeypatch.setattr(factory, "_build", lambda s, shape, key: fake_template(tmp_path, key))
+    assert factory.ensure(spec()).key == "new"
+    assert [t.key for t in tpl.list_templates(str(tmp_path))] == ["big", "kvm", "new"]
+    assert not (tmp_path / ".old.lock").exists()
+
+
+@pytest.fixture
+def host_files(tmp_path):
+    """A configuration whose QEMU binary, kernel and root image are files of the test's own."""
+    for name in ("qemu", "vmlinux", "root.img"):
+        (tmp_path / name).write_bytes(name.encode())
+    text = (f'[hypervisor]\npath = "{tmp_path}/qemu"\n'
+            f'[assets]\nkernel = "{tmp_path}/vmlinux"\nimage = "{tmp_path}/root.img"\n')
+    return config.parse(text), tmp_path
+
+
+def current(cfg, store, shape, accelerator="tcg"):
+    """A template under the key this configuration gives its shape now."""
+    s = tpl.class_spec(cfg, accelerator, SizeClass(shape.memory_mib, shape.vcpus), shape.share_tags)
+    return fake_template(store, tpl.Factory(str(store)).key(s, shape), shape=shape, accelerator=accelerator)
+
+
+def test_stale_templates_are_those_whose_key_no_longer_matches(host_files):
+    cfg, files = host_files
+    store = files / "store"
+    store.mkdir(mode=0o700)
+    small, big = tpl.Shape(256, 1, 1, ("sandbox",)), tpl.Shape(512, 2, 1, ("sandbox",))
+    fresh = [current(cfg, store, small), current(cfg, store, big), current(cfg, store, small, "kvm")]
+    fake_template(store, "0" * 32, shape=small)  # built from something else: another key for the same shape
+    assert [t.key for t in tpl.stale(cfg, str(store))] == ["0" * 32]
+    # The root image is rebuilt (a new file): every template made from the old one is stale.
+    (files / "root.img").unlink()
+    (files / "root.img").write_bytes(b"new image")
+    assert sorted(t.key for t in tpl.stale(cfg, str(store))) == sorted(["0" * 32, *(t.key for t in fresh)])
+
+
+def test_a_template_of_another_recipe_is_stale(host_files):
+    cfg, files = host_files
+    store = files / "store"
+    store.mkdir(mode=0o700)
+    t = current(cfg, store, tpl.Shape(256, 1, 1, ("sandbox",)))
+    manifest = dict(t.manifest, recipe="template-0")
+    (store / t.key / "manifest.json").write_text(json.dumps(manifest))
+    assert [s.key for s in tpl.stale(cfg, str(store))] == [t.key]
+
+
+def test_nothing_is_known_stale_without_the_assets(host_files):
+    cfg, files = host_files
+    store = files / "store"
+    store.mkdir(mode=0o700)
+    current(cfg, store, tpl.Shape(256, 1, 1, ("sandbox",)))
+    (files / "vmlinux").unlink()
+    with pytest.raises(PellucidError, match="kernel"):
+        tpl.stale(cfg, str(store))
