@@ -4,7 +4,7 @@ VM (QEMU with its QMP and agent channels). tests/contract runs the same checks o
 the real things, so that they agree.
 
 Failures are injected by name: ``FakeHost(fail="launch_vm")`` makes that step raise
-:class:`Injected`; the names are the Host methods plus "wait_ready", "send" and "hook:<stage>".
+:class:`Injected`; the names are the Host methods plus "boot_vm", "wait_ready", "send" and "hook:<stage>".
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MY_START = proc_start_time(MY_PID) or 0
 # any other operation is refused as the real agent refuses it.
 ANSWERS: dict[str, Any] = {
     messages.Ping.OP: {"uptime_ms": 1}, messages.MountShare.OP: None, messages.ConfigureNetwork.OP: {"interfaces": []},
-    messages.StartContainer.OP: None, messages.SignalProcess.OP: None, messages.DeleteContainer.OP: None,
+    messages.StartContainer.OP: {"crun_us": 1}, messages.SignalProcess.OP: None, messages.DeleteContainer.OP: None,
     messages.PauseContainer.OP: None, messages.ResumeContainer.OP: None, messages.UpdateContainer.OP: None,
     messages.Ps.OP: [{"pid": 1, "ppid": 0, "uid": 0, "state": "S", "utime": 0, "stime": 0, "start": 0,
                       "cmd": "sleep 60"}],
@@ -81,15 +81,22 @@ class FakeConnection(FakeAgent):
 
 
 class FakeMonitor:
-    """A fake VM's monitor, started and not yet ready."""
+    """A fake VM's monitor, started, not yet told what to boot."""
 
-    def __init__(self, host: FakeHost, vm_dir: str, desc: VMDescription) -> None:
-        self.host, self.vm_dir, self.desc = host, vm_dir, desc
+    def __init__(self, host: FakeHost, vm_dir: str, desc: VMDescription | None = None) -> None:
+        self.host, self.vm_dir = host, vm_dir
+        self.desc = desc
         self.pid, self.start = MY_PID, MY_START
+
+    def boot(self, desc: VMDescription) -> None:
+        self.host.step("boot_vm")
+        self.desc = desc
 
     def wait_ready(self, timeout: float) -> VMInfo:
         try:
             self.host.step("wait_ready")
+            if self.desc is None:
+                raise Injected("wait_ready before boot")
         except Injected as err:
             self.host.vms.pop(self.vm_dir, None)  # as the real one: a monitor that fails is stopped
             raise VMError(str(err)) from err
@@ -173,12 +180,12 @@ class FakeHost:
 
     # The Host interface.
 
-    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> FakeMonitor:
+    def launch_vm(self, vm_dir: str, cgroup: Sequence[str] = ()) -> FakeMonitor:
         self.step("launch_vm")
         self.joined.append(("monitor", list(cgroup)))
         if vm_dir in self.vms:
             raise VMError(f"a VM runs in {vm_dir} already")
-        monitor = self.vms[vm_dir] = FakeMonitor(self, vm_dir, desc)
+        monitor = self.vms[vm_dir] = FakeMonitor(self, vm_dir)
         return monitor
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> FakeConnection:

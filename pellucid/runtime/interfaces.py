@@ -29,10 +29,15 @@ class AgentConnection(Protocol):
 
 
 class MonitorProcess(Protocol):
-    """A VM's monitor just started: known by pid and start time before it is ready."""
+    """A VM's monitor just started: known by pid and start time before it is ready, loading
+    before it is told what to boot."""
 
     pid: int
     start: int
+
+    def boot(self, desc: VMDescription) -> None:
+        """Tell it what to boot; returns at once (the VM starts while the caller goes on)."""
+        ...
 
     def wait_ready(self, timeout: float) -> VMInfo:
         """The booted VM's info; on failure (or timeout) the monitor is stopped and VMError raised."""
@@ -62,8 +67,9 @@ class Host(Protocol):
     """Everything a lifecycle verb does outside the state store."""
 
     # A VM: its monitor daemon, which owns QEMU and the channel to the agent.
-    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
-        """Start the monitor (in the host cgroup directories ``cgroup`` before its pid is known), which boots QEMU."""
+    def launch_vm(self, vm_dir: str, cgroup: Sequence[str] = ()) -> MonitorProcess:
+        """Start the monitor (in the host cgroup directories ``cgroup`` before its pid is known),
+        which boots QEMU once told what to boot."""
         ...
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> AgentConnection: ...

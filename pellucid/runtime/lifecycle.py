@@ -12,7 +12,7 @@ import json
 import os
 import signal as signals
 
-from .. import messages
+from .. import messages, timeline
 from ..errors import ContainerError, NotFound, PellucidError, VMError
 from ..state import ContainerState, Status, oci_state, status
 from ..store import Store
@@ -70,7 +70,11 @@ def start(store: Store, id: str, host: Host | None = None) -> None:
             if now is Status.STOPPED:
                 raise ContainerError("cannot start a container that has stopped")
             raise ContainerError(f"cannot start an already {now.value} container")
-        _call(host, store, st, messages.StartContainer(id))
+        with timeline.step("start in the VM"):
+            result = _call(host, store, st, messages.StartContainer(id))
+        if timeline.enabled():  # where the guest says crun spent its time, ending at its answer
+            end = timeline.now()
+            timeline.span("guest: crun start", end - result.crun_us * 1000, end)
         st.started = True
         store.save(st)
     _warn_hooks(host, "poststart", st.poststart, st, Status.RUNNING)
@@ -143,7 +147,8 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
                 store.save(st)
             else:
                 _tear_down(host, store, st, now)
-                store.remove(id)
+                with timeline.step("remove the state"):
+                    store.remove(id)
         if st.kind == "container":
             _release_vm(host, store, st.sandbox)
     except NotFound:
@@ -176,14 +181,19 @@ def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> Non
         _leave_vm(host, store, st, now)
         return
     vm_dir = vm_dir_of(store, st)
-    host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
+    with timeline.step("stop the VM"):
+        host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
     if st.netns:  # the taps, also those of a create killed before it recorded them
-        host.disconnect_network(st.netns, st.network.nics, vm_dir)
+        with timeline.step("network tear-down"):
+            host.disconnect_network(st.netns, st.network.nics, vm_dir)
     if st.pid and now is not Status.STOPPED:
-        host.stop_shim(st.pid, st.pid_start)
-    host.unmount_all(store.dir(st.id))
+        with timeline.step("stop the shim"):
+            host.stop_shim(st.pid, st.pid_start)
+    with timeline.step("unmount the share and netns"):
+        host.unmount_all(store.dir(st.id))
     if st.cgroup.dirs:
-        host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
+        with timeline.step("remove the host cgroup"):
+            host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
 
 
 def _release_vm(host: Host, store: Store, vm_owner: str) -> None:

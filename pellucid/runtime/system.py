@@ -7,16 +7,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence
 
-    from ..host_messages import HostCgroup, Network, Nic, VMDescription
+    from ..host_messages import HostCgroup, Network, Nic
     from .guest_config import Bind
     from .sandbox import MonitorConnection, MonitorProcess
     from .shims import ShimHandle
 
 
 class SystemHost:
-    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
+    def launch_vm(self, vm_dir: str, cgroup: Sequence[str] = ()) -> MonitorProcess:
         from . import sandbox
-        return sandbox.launch(vm_dir, desc, cgroup)
+        return sandbox.launch(vm_dir, cgroup)
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> MonitorConnection:
         from . import sandbox

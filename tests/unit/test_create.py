@@ -19,7 +19,7 @@ from tests.fakes import MY_PID, MY_START, FakeHost, Injected
 HOOK = {"path": "/bin/true"}
 # The steps of a sandbox's create, in order, and what undoes each.
 STEPS = ["make_cgroup", "pin_netns", "start_shim", "hook:prestart", "hook:createRuntime", "connect_network", "launch_vm",
-         "wait_ready", "share", "send"]
+         "boot_vm", "wait_ready", "share", "send"]
 UNDO = {"make_cgroup": "remove_cgroup", "pin_netns": "release_netns", "start_shim": None, "connect_network": "disconnect_network",
         "launch_vm": "stop_vm", "share": "unshare"}
 # Steps that may fail half-way: their undo runs even when they are the one that fails.
