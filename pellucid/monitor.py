@@ -469,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         ready.close()
         return 1
     path = os.path.join(args.vm_dir, SOCKET)
+    ours = None
     try:
         try:
             if monitor.desc.netns:
@@ -477,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sockets.bind(listener, path)
             os.chmod(path, 0o600)
+            ours = os.stat(path)
             listener.listen(64)
         except (PellucidError, OSError) as err:
             ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
@@ -489,10 +491,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         monitor.close()
-        try:
+        _unlink_if(path, ours)
+
+
+def _unlink_if(path: str, ours: os.stat_result | None) -> None:
+    """Remove our socket, unless it has gone: a deleted container's directory moves to the
+    graveyard while its VM exits, and a new container of the same id may have its own there."""
+    try:
+        now = os.stat(path)
+        if ours is not None and (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
             os.unlink(path)
-        except OSError:
-            pass
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

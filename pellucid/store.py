@@ -2,6 +2,7 @@
 
     <root>/<id>/state.json   the :class:`~pellucid.state.ContainerState`, replaced atomically on every save
     <root>/<id>/lock         flock(2)ed by whoever reads or changes the container
+    <root>/.graves/<id>.<ns> a deleted container's directory until its VM has exited (runtime.reaper)
 
 Every lifecycle command is a fresh process (containerd calls ``state``, ``kill`` and ``delete``
 many times per container), so this module imports little and does the least work it can.
@@ -35,6 +36,7 @@ from .state import DEFAULT_ROOT, ContainerState, Status, now_rfc3339, status
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
+GRAVES = ".graves"  # <root>/.graves/<id>.<ns>: deleted containers not yet wholly removed
 
 _NOT_FOUND = "container does not exist"
 ABANDONED_AFTER = 10.0  # seconds: a container directory without a lock file older than this is a killed create's
@@ -116,9 +118,31 @@ class Store:
         if busy:  # never delete through a mount: it may be a container's rootfs on the host
             raise ContainerError(f"cannot remove {path}: {busy[0]} is still mounted")
         try:
-            _rmtree(path)
+            rmtree(path)
         except OSError as err:
             raise ContainerError(f"cannot remove {err.filename or path}: {err.strerror}") from err
+
+    def bury(self, id: str) -> str:
+        """Move the container's directory (held under its lock) into the graveyard, where its id is
+        no longer seen and may be used again at once; what is left to finish there (its VM's exit,
+        its cgroup) is pellucid.runtime.reaper's. Returns the grave, a directory to remove."""
+        graves = os.path.join(self.root, GRAVES)
+        try:
+            os.mkdir(graves, 0o700)
+        except FileExistsError:
+            pass
+        grave = os.path.join(graves, f"{id}.{time.time_ns()}")
+        os.rename(self.dir(id), grave)
+        return grave
+
+    def graves(self) -> list[str]:
+        """The graveyard's directories: deleted containers whose remains are still being removed."""
+        graves = os.path.join(self.root, GRAVES)
+        try:
+            with os.scandir(graves) as entries:
+                return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def remove_abandoned(self, id: str) -> bool:
         """Remove the directory of a ``create`` killed before it saved a state (so that no
@@ -278,7 +302,7 @@ class _Creation:
         try:
             fd = os.open(os.path.join(d, LOCK_FILE), os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except BaseException:
-            _rmtree(d)
+            rmtree(d)
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -286,7 +310,7 @@ class _Creation:
             st.creator_start = proc_start_time(st.creator_pid) or 0
             store.save(st)
         except BaseException:
-            _rmtree(d)
+            rmtree(d)
             os.close(fd)
             raise
         # Register the lock so that lock() in the body nests; keep any lock this Store held on
@@ -303,10 +327,10 @@ class _Creation:
                 try:
                     store.save(st)
                 except BaseException:
-                    _rmtree(self._dir)
+                    rmtree(self._dir)
                     raise
             else:
-                _rmtree(self._dir)
+                rmtree(self._dir)
         finally:
             if self._outer is None:
                 del store._held[st.id]
@@ -322,7 +346,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _rmtree(path: str) -> None:
+def rmtree(path: str) -> None:
     """shutil.rmtree without the import; never follows symlinks; gone already is fine."""
     for attempt in range(5):
         try:
@@ -333,7 +357,7 @@ def _rmtree(path: str) -> None:
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    _rmtree(entry.path)
+                    rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
             except FileNotFoundError:

@@ -166,6 +166,9 @@ class FakeHost:
         self.cgroups: dict[str, dict[str, Any]] = {}  # path -> the resources it was made with
         self.cgroup_updates: list[tuple[str, dict[str, Any]]] = []
         self.joined: list[tuple[str, list[str]]] = []  # (process, the cgroup dirs it started in)
+        self.stopping: list[FakeMonitor] = []  # asked to stop, not yet waited for
+        self.defer_background = False
+        self.background: list[Callable[[], None]] = []
 
     def step(self, name: str) -> None:
         self.calls.append(name)
@@ -175,6 +178,7 @@ class FakeHost:
     def live(self) -> dict[str, Any]:
         """Whatever exists on the fake host; empty when everything was undone."""
         out = {"netns": sorted(self.netns), "networks": sorted(self.networks), "vms": sorted(self.vms),
+               "stopping": [m.vm_dir for m in self.stopping],
                "shims": [s for s in self.shims if s.alive], "shares": sorted(self.shares), "cgroups": sorted(self.cgroups)}
         return {k: v for k, v in out.items() if v}
 
@@ -195,13 +199,26 @@ class FakeHost:
         return FakeConnection(self, vm_dir)
 
     def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
-                force: bool = False) -> None:
+                force: bool = False, wait: bool = True) -> None:
         self.step("stop_vm")
         if force:
             self.forced_vm_stops.append(vm_dir)
         monitor = self.vms.get(vm_dir)
         if monitor is not None and (not monitor_pid or (monitor.pid, monitor.start) == (monitor_pid, monitor_start)):
             del self.vms[vm_dir]
+            if not wait:  # asked: it exits later, wherever its directory has gone meanwhile
+                self.stopping.append(monitor)
+                return
+        if wait:
+            self.stopping = [m for m in self.stopping if (m.pid, m.start) != (monitor_pid, monitor_start)]
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        """Run at once, or queued in ``background`` with ``defer_background`` (a test runs it later)."""
+        self.step("in_background")
+        if self.defer_background:
+            self.background.append(work)
+        else:
+            work()
 
     def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> FakeShim:
         self.step("start_shim")

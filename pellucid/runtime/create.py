@@ -15,7 +15,7 @@ from ..host_messages import HostCgroup, ShimRequest, VMDescription
 from ..oci import bundle as oci
 from ..state import ContainerState, Status, now_rfc3339
 from ..store import Store
-from . import cgroups, guest_config, joins, netns
+from . import cgroups, guest_config, joins, netns, reaper
 from .layout import MONITOR_SOCKET, shared_dir, vm_dir_of
 from .lifecycle import MiB, run_hooks, system_host
 from .shims import write_pid_file
@@ -164,6 +164,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                       annotations=config.get("annotations") or {}) as st:
         undo = _Undo()
         try:
+            monitor = None
             if parent is not None:
                 vm_dir = vm_dir_of(store, parent)
                 netns_path = parent.netns
@@ -171,10 +172,18 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
                 os.mkdir(vm_dir, 0o700)
+                reaper.sweep(store, host, cgroup_path)  # no reaper may remove the cgroup we are to make
                 with timeline.step("host cgroup"):
                     st.cgroup = host.make_cgroup(cgroup_path, linux.get("resources") or {}, host_overhead(cfg))
                 undo.push(lambda: host.remove_cgroup(st.cgroup))
                 store.save(st)  # a create killed from here on leaves a cgroup that delete removes
+                # The monitor first: its Python loads while the namespace, shim, hooks and network
+                # are made; it waits to be told what to boot.
+                with timeline.step("spawn the monitor"):
+                    monitor = host.launch_vm(vm_dir, cgroup=st.cgroup.dirs)
+                undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
+                st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
+                store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds
                 if not netns_path:
                     netns_path = os.path.join(vm_dir, "netns")
                     with timeline.step("pin a network namespace"):
@@ -192,7 +201,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                 run_hooks(host, "createRuntime", hooks["createRuntime"], st, Status.CREATING)
             # A first clone may wait for its template's build (two boot timeouts at most), then boot cold.
             timeout = cfg.hypervisor.boot_timeout * (3 if cfg.hypervisor.templates else 1) + 30
-            if parent is None:
+            if monitor is not None:
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
                 # A create killed from here on leaves taps that delete finds by the VM's names.
                 undo.push(lambda: host.disconnect_network(netns_path, st.network.nics, vm_dir))
@@ -202,15 +211,9 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
                 st.network = net
                 store.save(st)
                 vcpus, memory = vm_size(cfg, config, pod=kind == oci.SANDBOX)
-                with timeline.step("spawn the monitor"):
-                    monitor = host.launch_vm(vm_dir, cgroup=st.cgroup.dirs)
-                undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
-                st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
-                store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds
                 monitor.boot(VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory, netns=netns_path,
                                            network=net))
-                with timeline.step("wait for the VM"):
-                    st.vm = monitor.wait_ready(timeout)
+            # The root and binds are shared while the VM starts (the guest mounts the share after).
             points = guest_config.mount_points(config, bundle)
             share = timeline.now()
             if points:  # a read-only root: crun could not create them through the read-only share
@@ -219,6 +222,9 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             undo.push(lambda: host.unshare(container_dir))
             host.share(container_dir, rootfs, binds)
             timeline.span("share the root and binds", share)
+            if monitor is not None:
+                with timeline.step("wait for the VM"):
+                    st.vm = monitor.wait_ready(timeout)
             request = messages.CreateContainer(id, guest_cfg, tty=terminal,
                                                net_sysctls=guest_config.net_sysctls(config))
             with timeline.step("create in the VM (through the shim)"):

@@ -8,7 +8,7 @@ type checkers import this module: the CLI's state/kill/delete path stays free of
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from ..host_messages import HostCgroup, Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
 from ..messages import Request
@@ -75,9 +75,14 @@ class Host(Protocol):
     def connect(self, vm_dir: str, timeout: float = 30.0) -> AgentConnection: ...
 
     def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
-                force: bool = False) -> None:
-        """Stop the VM's monitor (QEMU with it): politely, or with ``force`` at once. A pid of 0:
-        the monitor that ``vm_dir`` has, if any."""
+                force: bool = False, wait: bool = True) -> None:
+        """Stop the VM's monitor (QEMU with it): politely, or with ``force`` at once; without
+        ``wait``, only ask it to stop. A pid of 0: the monitor that ``vm_dir`` has, if any."""
+        ...
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        """Run ``work`` detached, after this command has returned (pellucid.runtime.reaper.detach):
+        it keeps the locks held now."""
         ...
 
     # Shims: one per container process.

@@ -146,9 +146,7 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
                 st.retired = True
                 store.save(st)
             else:
-                _tear_down(host, store, st, now)
-                with timeline.step("remove the state"):
-                    store.remove(id)
+                _remove(host, store, st, now)
         if st.kind == "container":
             _release_vm(host, store, st.sandbox)
     except NotFound:
@@ -175,14 +173,18 @@ def _leave_vm(host: Host, store: Store, st: ContainerState, now: Status) -> None
         host.stop_shim(st.pid, st.pid_start)
 
 
-def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> None:
-    """Stop what the container has on the host and in its VM (the VM too, if it owns it)."""
+def _remove(host: Host, store: Store, st: ContainerState, now: Status) -> None:
+    """Stop what the container has on the host and in its VM (the VM too, if it owns it) and
+    remove its state (under its lock). What need not be waited for (the VM's exit, then its
+    cgroup and the directory) is finished after we return, by pellucid.runtime.reaper."""
     if st.kind == "container":
         _leave_vm(host, store, st, now)
+        store.remove(st.id)
         return
+    from . import reaper
     vm_dir = vm_dir_of(store, st)
-    with timeline.step("stop the VM"):
-        host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
+    with timeline.step("ask the VM to stop"):
+        host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start, wait=False)
     if st.netns:  # the taps, also those of a create killed before it recorded them
         with timeline.step("network tear-down"):
             host.disconnect_network(st.netns, st.network.nics, vm_dir)
@@ -190,10 +192,10 @@ def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> Non
         with timeline.step("stop the shim"):
             host.stop_shim(st.pid, st.pid_start)
     with timeline.step("unmount the share and netns"):
-        host.unmount_all(store.dir(st.id))
-    if st.cgroup.dirs:
-        with timeline.step("remove the host cgroup"):
-            host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
+        host.unmount_all(store.dir(st.id))  # the container's root is free for its engine now
+    with timeline.step("bury the state, detach the reaper"):
+        grave = store.bury(st.id)
+        host.in_background(lambda: reaper.reap(host, grave, st))
 
 
 def _release_vm(host: Host, store: Store, vm_owner: str) -> None:
@@ -203,8 +205,7 @@ def _release_vm(host: Host, store: Store, vm_owner: str) -> None:
         with store.lock(vm_owner):
             owner = store.load(vm_owner)
             if owner.retired and not _members(store, vm_owner):
-                _tear_down(host, store, owner, Status.STOPPED)
-                store.remove(vm_owner)
+                _remove(host, store, owner, Status.STOPPED)
     except NotFound:
         pass
 

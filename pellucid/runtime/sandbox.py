@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from .. import messages, procs, sockets, timeline
-from ..errors import VMError
+from ..errors import PellucidError, VMError
 from ..host_messages import MONITOR_GO, MonitorReady, Share, VMDescription, VMInfo
 from ..vm.agent_client import AgentClient
 from . import cgroups
@@ -146,14 +146,21 @@ def connect(vm_dir: str, timeout: float = 30.0) -> MonitorConnection:
         raise VMError(f"the VM is not running ({err.strerror or err})") from err
 
 
-def stop(vm_dir: str, pid: int, start: int, timeout: float = 10.0, force: bool = False) -> None:
+def stop(vm_dir: str, pid: int, start: int, timeout: float = 10.0, force: bool = False, wait: bool = True) -> None:
     """Shut the VM down: ask the monitor, then SIGTERM, then SIGKILL (QEMU dies with it); with
-    ``force`` (a guest that is broken), SIGKILL at once. Idempotent; a monitor that is gone (or
-    whose pid another process has now) is left alone. Without a pid (a ``create`` killed before it
-    recorded one), the monitor of ``vm_dir`` is found by its command line."""
+    ``force`` (a guest that is broken), SIGKILL at once; without ``wait``, only ask (no more than
+    2 s), and return while it exits. Idempotent; a monitor that is gone (or whose pid another
+    process has now) is left alone. Without a pid (a ``create`` killed before it recorded one),
+    the monitor of ``vm_dir`` is found by its command line."""
     monitors = [(pid, start)] if pid else procs.find(_monitor_argv(vm_dir)[1:])
     for pid, start in monitors:
-        if force:
+        if not wait:
+            if procs.alive(pid, start):
+                try:
+                    _shutdown(vm_dir, 2.0)
+                except (PellucidError, OSError):
+                    pass  # whoever waits for it escalates
+        elif force:
             procs.stop(pid, start, term=False, timeout=timeout)
         else:
             procs.stop(pid, start, ask=lambda: _shutdown(vm_dir, timeout), timeout=timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Sequence
+    from typing import Any, Callable, Sequence
 
     from ..host_messages import HostCgroup, Network, Nic
     from .guest_config import Bind
@@ -23,9 +23,13 @@ class SystemHost:
         return sandbox.connect(vm_dir, timeout)
 
     def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
-                force: bool = False) -> None:
+                force: bool = False, wait: bool = True) -> None:
         from . import sandbox
-        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout, force)
+        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout, force, wait)
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        from . import reaper
+        reaper.detach(work)
 
     def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> ShimHandle:
         from .shims import ShimHandle
