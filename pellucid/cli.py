@@ -8,6 +8,7 @@ command's module loaded only when it runs.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from . import log
@@ -216,11 +217,18 @@ def _run(argv: list[str]) -> int:
         print(usage(args.command if args.help else ""))
         return 0
     module_name, function, *_ = COMMANDS[args.command]
+    timeline = None
+    if "PELLUCID_TIMELINE" in os.environ:  # off: not even imported
+        from . import timeline
+        timeline.begin(f"cli {args.command}", getattr(args, "id", None) or "")
     try:
         if getattr(args, "id", None) is not None:
             from .ids import check
             check(args.id)  # before any path is built from it
+        start = timeline.now() if timeline else 0
         module = __import__(f"pellucid.commands.{module_name}", fromlist=[function])
+        if timeline:
+            timeline.span("import the command", start)
         return getattr(module, function)(args)
     except PellucidError as err:
         log.error(f"pellucid: {err}")

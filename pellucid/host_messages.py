@@ -60,6 +60,11 @@ class Network(Record):
             "dns_relay": self.dns_relay})
 
 
+# A monitor starts before its VM is described (pellucid.runtime.sandbox): this line on its go pipe
+# says that vm.json is written.
+MONITOR_GO = b"go\n"
+
+
 class Share(Record):
     """A host directory exported to the guest over 9p under ``tag``."""
 

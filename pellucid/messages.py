@@ -558,15 +558,34 @@ class StrMap(Field):
         return value
 
 
+# How long the guest says a step took, in microseconds (for the step timeline; never trusted beyond it).
+MAX_STEP_US = 600_000_000
+
+
 class ProcessResult(Record):
-    """A process the agent started: its number (names its streams and events) and guest pid."""
+    """A process the agent started: its number (names its streams and events) and guest pid;
+    ``agent_us``: how long the agent took over the request, ``crun_us`` of it in crun."""
 
-    __slots__ = ("process", "pid")
-    FIELDS = {"process": Int(1, MAX_PROCESSES), "pid": Int(1, 1 << 22)}
+    __slots__ = ("process", "pid", "agent_us", "crun_us")
+    FIELDS = {"process": Int(1, MAX_PROCESSES), "pid": Int(1, 1 << 22),
+              "agent_us": Int(0, MAX_STEP_US, optional=True, default=0),
+              "crun_us": Int(0, MAX_STEP_US, optional=True, default=0)}
 
-    def __init__(self, process: int, pid: int) -> None:
+    def __init__(self, process: int, pid: int, agent_us: int = 0, crun_us: int = 0) -> None:
         self.process = process
         self.pid = pid
+        self.agent_us = agent_us
+        self.crun_us = crun_us
+
+
+class CrunResult(Record):
+    """How long a request's crun command took in the guest, in microseconds."""
+
+    __slots__ = ("crun_us",)
+    FIELDS = {"crun_us": Int(0, MAX_STEP_US, optional=True, default=0)}
+
+    def __init__(self, crun_us: int = 0) -> None:
+        self.crun_us = crun_us
 
 
 class CreateContainer(Request):
@@ -599,6 +618,7 @@ class _ById(Request):
 class StartContainer(_ById):
     __slots__ = ()
     OP = "start_container"
+    RESULT = CrunResult
 
 
 class PauseContainer(_ById):

@@ -3,8 +3,10 @@ multiplexes that channel for the runtime commands and the shims that connect to 
 (the role of Clear Containers' proxy). Requests are forwarded with their ids remapped; a
 process's output and exit go to the connection that created it.
 
-Run as ``python -m pellucid.monitor VM_DIR``; ``VM_DIR/vm.json`` says what to boot. It reports
-readiness (or the boot error) as one JSON line on the file descriptor given by --ready-fd.
+Run as ``python -m pellucid.monitor VM_DIR --go-fd G --ready-fd R`` (pellucid.runtime.sandbox):
+started early, it loads while its caller prepares the network, then waits for "go" on G, reads
+``VM_DIR/vm.json`` (what to boot) and boots; EOF on G instead means its caller gave up. It
+reports readiness (or the boot error) as one JSON line on R.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import socket
 import sys
 import time
 
-from . import messages, protocol, sockets
+from . import messages, protocol, sockets, timeline
 from .config import load as load_config
 from .errors import PellucidError, VMError
-from .host_messages import MonitorReady, Nic, VMDescription, VMInfo
+from .host_messages import MONITOR_GO, MonitorReady, Nic, VMDescription, VMInfo
 from .runtime import netns
 from .vm import accel, cloning, qemu_args
 from .vm.assets import resolve
-from .vm.machine import VM
+from .vm.machine import VM, BootTimeline
 from .vm.spec import make_spec
 
 SOCKET = "monitor.sock"
@@ -74,9 +76,11 @@ class Monitor:
 
     def boot(self) -> None:
         desc = self.desc
+        prepare = timeline.now()
         cfg = load_config(desc.config or None)
         assets = resolve(cfg)
         accelerator, _ = accel.choose(cfg, assets, os.path.dirname(self.vm_dir.rstrip("/")))
+        timeline.span("configuration, assets, accelerator", prepare)
         shares = tuple(qemu_args.Share(s.tag, s.path) for s in desc.shares)
         net = desc.network
         nics = tuple(self._nic(n) for n in net.nics)
@@ -95,12 +99,15 @@ class Monitor:
             self.vm.handshake(cfg.hypervisor.boot_timeout)
         hello, spec = self.vm.hello, self.vm.spec  # a clone's size is its class's
         assert hello is not None and self.vm.agent is not None and self.vm.timeline is not None
+        _boot_spans(self.vm.timeline, clone=bool(template))
         for fd in self._tap_fds:
             os.close(fd)
         for share in shares:
-            self.vm.agent.call(messages.MountShare(share.tag), timeout=cfg.hypervisor.boot_timeout)
+            with timeline.step("9p mount in the guest"):
+                self.vm.agent.call(messages.MountShare(share.tag), timeout=cfg.hypervisor.boot_timeout)
         if net.nics:
-            self.vm.agent.call(net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
+            with timeline.step("guest network set-up"):
+                self.vm.agent.call(net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
         self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
                            boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
                            boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
@@ -413,6 +420,22 @@ class Monitor:
             self.vm.stop()
 
 
+def _boot_spans(boot: BootTimeline, clone: bool) -> None:
+    """The VM's start on the timeline, from its boot timeline (ms since QEMU's spawn, ending now)."""
+    if not timeline.enabled():
+        return
+    end = timeline.now()
+    start = end - int(boot.agent_ms * 1e6)
+    at = lambda ms: start + int(ms * 1e6)  # noqa: E731
+    if clone:
+        timeline.span("QEMU start + migration restore", start, at(boot.kernel_ms))
+        timeline.span("clone resumed: the agent's first answer", at(boot.kernel_ms), end)
+    else:
+        timeline.span("QEMU start to the guest kernel", start, at(boot.kernel_ms))
+        timeline.span("guest kernel to init", at(boot.kernel_ms), at(boot.init_ms))
+        timeline.span("init to the agent's first answer", at(boot.init_ms), end)
+
+
 def _created_process(frame: protocol.Frame) -> int | None:
     """The process number a successful create_container or exec_process response carries."""
     try:
@@ -425,19 +448,28 @@ def _created_process(frame: protocol.Frame) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pellucid-monitor")
     p.add_argument("vm_dir")
+    p.add_argument("--go-fd", type=int, required=True)
     p.add_argument("--ready-fd", type=int, required=True)
     args = p.parse_args(argv)
+    timeline.begin("monitor")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    waiting = timeline.now()
+    with os.fdopen(args.go_fd, "rb") as go:
+        if go.readline(16) != MONITOR_GO:
+            return 0  # the command that started us gave up before the VM was described
+    timeline.span("wait for go (the network)", waiting)
     ready = os.fdopen(args.ready_fd, "w")
     try:
         monitor = Monitor(args.vm_dir)
+        timeline.set_id(monitor.desc.id)
     except (PellucidError, OSError) as err:
         ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
         ready.close()
         return 1
     path = os.path.join(args.vm_dir, SOCKET)
+    ours = None
     try:
         try:
             if monitor.desc.netns:
@@ -446,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sockets.bind(listener, path)
             os.chmod(path, 0o600)
+            ours = os.stat(path)
             listener.listen(64)
         except (PellucidError, OSError) as err:
             ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
@@ -453,14 +486,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         ready.write(MonitorReady(ok=True, info=monitor.info).to_json() + "\n")
         ready.close()
+        timeline.span("VM ready (reported)", timeline.now())
         monitor.serve(listener)
         return 0
     finally:
         monitor.close()
-        try:
+        _unlink_if(path, ours)
+
+
+def _unlink_if(path: str, ours: os.stat_result | None) -> None:
+    """Remove our socket, unless it has gone: a deleted container's directory moves to the
+    graveyard while its VM exits, and a new container of the same id may have its own there."""
+    try:
+        now = os.stat(path)
+        if ours is not None and (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
             os.unlink(path)
-        except OSError:
-            pass
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 import tty
 from typing import Any
 
-from . import messages, protocol, sockets
+from . import messages, protocol, sockets, timeline
 from .host_messages import ShimReady, ShimRequest
 from .vm.agent_client import parse_result
 
@@ -275,22 +275,37 @@ def creating_request(op: str, args: dict[str, Any]) -> messages.CreateContainer 
     raise protocol.ProtocolError(f"a shim creates a process; {op[:64]!r} does not")
 
 
+def _guest_spans(result: messages.ProcessResult) -> None:
+    """The guest's own account of the request (bounded by its record), ending at its answer."""
+    if timeline.enabled():
+        end = timeline.now()
+        timeline.span("guest: agent handling", end - result.agent_us * 1000, end)
+        timeline.span("guest: crun", end - result.crun_us * 1000, end)
+
+
 def main(argv: list[str]) -> int:
     """argv: REQUEST_FD READY_FD. The runtime started the shim in the container's network namespace;
     it waits for its request, which the runtime sends once the VM is up."""
     request_fd, ready_fd = int(argv[0]), int(argv[1])
     starter = Starter()  # before anything else: the command is alive until it has our answer
+    timeline.begin("shim")
+    waiting = timeline.now()
     with os.fdopen(request_fd, "rb") as f:
         raw = f.read(8 << 20)
+    timeline.span("wait for the request", waiting)
     ready = os.fdopen(ready_fd, "w")
     if not raw:
         return 1  # the runtime gave up before sending a request
     shim = None
     try:
         request = ShimRequest.from_json(raw)
-        shim = Shim(request)
+        timeline.set_id(str(request.args.get("id", ""))[:256])
+        with timeline.step("connect to the monitor"):
+            shim = Shim(request)
         shim.setup_terminal()
-        result = shim.create(creating_request(request.op, request.args))
+        with timeline.step(f"{request.op[:64]} in the VM (round trip)"):
+            result = shim.create(creating_request(request.op, request.args))
+        _guest_spans(result)
         shim.process = result.process
     except Exception as err:  # reported to the runtime command, which fails with it
         ready.write(ShimReady(ok=False, error=str(err)).to_json() + "\n")

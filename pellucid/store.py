@@ -2,6 +2,7 @@
 
     <root>/<id>/state.json   the :class:`~pellucid.state.ContainerState`, replaced atomically on every save
     <root>/<id>/lock         flock(2)ed by whoever reads or changes the container
+    <root>/.graves/<id>.<ns> a deleted container's directory until its VM has exited (runtime.reaper)
 
 Every lifecycle command is a fresh process (containerd calls ``state``, ``kill`` and ``delete``
 many times per container), so this module imports little and does the least work it can.
@@ -35,9 +36,9 @@ from .state import DEFAULT_ROOT, ContainerState, Status, now_rfc3339, status
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
+GRAVES = ".graves"  # <root>/.graves/<id>.<ns>: deleted containers not yet wholly removed
 
 _NOT_FOUND = "container does not exist"
-GRAVE_PREFIX = ".grave."  # a container directory being removed (dot-names are never ids)
 ABANDONED_AFTER = 10.0  # seconds: a container directory without a lock file older than this is a killed create's
 
 
@@ -111,38 +112,40 @@ class Store:
             raise
 
     def remove(self, id: str) -> None:
-        """Remove the container's directory and all in it; nothing to remove is no error.
-
-        The directory is first renamed to a grave (``.grave.<id>.<random>``), in one step, so
-        that a removal killed halfway never leaves a half-emptied ``<id>`` (no state and no lock,
-        which would look like a create just begun); graves of the id are swept here and by
-        ``delete --force``."""
+        """Remove the container's directory and all in it; nothing to remove is no error. Its lock
+        file goes last: a removal killed halfway leaves a directory with a lock and without a
+        state, which ``delete --force`` removes (remove_abandoned), never one that looks like a
+        create just begun."""
         path = self.dir(id)
         busy = mounts_under(path)
         if busy:  # never delete through a mount: it may be a container's rootfs on the host
             raise ContainerError(f"cannot remove {path}: {busy[0]} is still mounted")
-        grave = os.path.join(self.root, f"{GRAVE_PREFIX}{id}.{os.urandom(4).hex()}")
         try:
-            os.rename(path, grave)
-        except FileNotFoundError:
-            pass
+            rmtree(path, last=LOCK_FILE)
         except OSError as err:
-            raise ContainerError(f"cannot remove {path}: {err.strerror}") from err
-        self.sweep_graves(id)
+            raise ContainerError(f"cannot remove {err.filename or path}: {err.strerror}") from err
 
-    def sweep_graves(self, id: str) -> None:
-        """Finish the removals of ``id``'s directory that were killed after the rename."""
-        prefix = f"{GRAVE_PREFIX}{id}."
+    def bury(self, id: str) -> str:
+        """Move the container's directory (held under its lock) into the graveyard, where its id is
+        no longer seen and may be used again at once; what is left to finish there (its VM's exit,
+        its cgroup) is pellucid.runtime.reaper's. Returns the grave, a directory to remove."""
+        graves = os.path.join(self.root, GRAVES)
         try:
-            names = [n for n in os.listdir(self.root) if n.startswith(prefix)]
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = os.path.join(self.root, name)
-            try:
-                _rmtree(path)
-            except OSError as err:
-                raise ContainerError(f"cannot remove {err.filename or path}: {err.strerror}") from err
+            os.mkdir(graves, 0o700)
+        except FileExistsError:
+            pass
+        grave = os.path.join(graves, f"{id}.{time.time_ns()}")
+        os.rename(self.dir(id), grave)
+        return grave
+
+    def graves(self) -> list[str]:
+        """The graveyard's directories: deleted containers whose remains are still being removed."""
+        graves = os.path.join(self.root, GRAVES)
+        try:
+            with os.scandir(graves) as entries:
+                return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def remove_abandoned(self, id: str) -> bool:
         """Remove the directory of a ``create`` killed before it saved a state (so that no
@@ -302,7 +305,7 @@ class _Creation:
         try:
             fd = os.open(os.path.join(d, LOCK_FILE), os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except BaseException:
-            _rmtree(d)
+            rmtree(d)
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -310,7 +313,7 @@ class _Creation:
             st.creator_start = proc_start_time(st.creator_pid) or 0
             store.save(st)
         except BaseException:
-            _rmtree(d)
+            rmtree(d)
             os.close(fd)
             raise
         # Register the lock so that lock() in the body nests; keep any lock this Store held on
@@ -327,10 +330,10 @@ class _Creation:
                 try:
                     store.save(st)
                 except BaseException:
-                    _rmtree(self._dir)
+                    rmtree(self._dir)
                     raise
             else:
-                _rmtree(self._dir)
+                rmtree(self._dir)
         finally:
             if self._outer is None:
                 del store._held[st.id]
@@ -346,18 +349,19 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _rmtree(path: str) -> None:
-    """shutil.rmtree without the import; never follows symlinks; gone already is fine."""
+def rmtree(path: str, last: str = "") -> None:
+    """shutil.rmtree without the import; never follows symlinks; gone already is fine. The entry
+    ``last`` of ``path`` is removed after all the others."""
     for attempt in range(5):
         try:
             with os.scandir(path) as it:
-                entries = list(it)
+                entries = sorted(it, key=lambda e: e.name == last)
         except FileNotFoundError:
             return
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    _rmtree(entry.path)
+                    rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
             except FileNotFoundError:

@@ -4,7 +4,7 @@ VM (QEMU with its QMP and agent channels). tests/contract runs the same checks o
 the real things, so that they agree.
 
 Failures are injected by name: ``FakeHost(fail="launch_vm")`` makes that step raise
-:class:`Injected`; the names are the Host methods plus "wait_ready", "send" and "hook:<stage>".
+:class:`Injected`; the names are the Host methods plus "boot_vm", "wait_ready", "send" and "hook:<stage>".
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MY_START = proc_start_time(MY_PID) or 0
 # any other operation is refused as the real agent refuses it.
 ANSWERS: dict[str, Any] = {
     messages.Ping.OP: {"uptime_ms": 1}, messages.MountShare.OP: None, messages.ConfigureNetwork.OP: {"interfaces": []},
-    messages.StartContainer.OP: None, messages.SignalProcess.OP: None, messages.DeleteContainer.OP: None,
+    messages.StartContainer.OP: {"crun_us": 1}, messages.SignalProcess.OP: None, messages.DeleteContainer.OP: None,
     messages.PauseContainer.OP: None, messages.ResumeContainer.OP: None, messages.UpdateContainer.OP: None,
     messages.Ps.OP: [{"pid": 1, "ppid": 0, "uid": 0, "state": "S", "utime": 0, "stime": 0, "start": 0,
                       "cmd": "sleep 60"}],
@@ -81,15 +81,22 @@ class FakeConnection(FakeAgent):
 
 
 class FakeMonitor:
-    """A fake VM's monitor, started and not yet ready."""
+    """A fake VM's monitor, started, not yet told what to boot."""
 
-    def __init__(self, host: FakeHost, vm_dir: str, desc: VMDescription) -> None:
-        self.host, self.vm_dir, self.desc = host, vm_dir, desc
+    def __init__(self, host: FakeHost, vm_dir: str, desc: VMDescription | None = None) -> None:
+        self.host, self.vm_dir = host, vm_dir
+        self.desc = desc
         self.pid, self.start = MY_PID, MY_START
+
+    def boot(self, desc: VMDescription) -> None:
+        self.host.step("boot_vm")
+        self.desc = desc
 
     def wait_ready(self, timeout: float) -> VMInfo:
         try:
             self.host.step("wait_ready")
+            if self.desc is None:
+                raise Injected("wait_ready before boot")
         except Injected as err:
             self.host.vms.pop(self.vm_dir, None)  # as the real one: a monitor that fails is stopped
             raise VMError(str(err)) from err
@@ -159,6 +166,9 @@ class FakeHost:
         self.cgroups: dict[str, dict[str, Any]] = {}  # path -> the resources it was made with
         self.cgroup_updates: list[tuple[str, dict[str, Any]]] = []
         self.joined: list[tuple[str, list[str]]] = []  # (process, the cgroup dirs it started in)
+        self.stopping: list[FakeMonitor] = []  # asked to stop, not yet waited for
+        self.defer_background = False
+        self.background: list[Callable[[], None]] = []
 
     def step(self, name: str) -> None:
         self.calls.append(name)
@@ -168,17 +178,18 @@ class FakeHost:
     def live(self) -> dict[str, Any]:
         """Whatever exists on the fake host; empty when everything was undone."""
         out = {"netns": sorted(self.netns), "networks": sorted(self.networks), "vms": sorted(self.vms),
+               "stopping": [m.vm_dir for m in self.stopping],
                "shims": [s for s in self.shims if s.alive], "shares": sorted(self.shares), "cgroups": sorted(self.cgroups)}
         return {k: v for k, v in out.items() if v}
 
     # The Host interface.
 
-    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> FakeMonitor:
+    def launch_vm(self, vm_dir: str, cgroup: Sequence[str] = ()) -> FakeMonitor:
         self.step("launch_vm")
         self.joined.append(("monitor", list(cgroup)))
         if vm_dir in self.vms:
             raise VMError(f"a VM runs in {vm_dir} already")
-        monitor = self.vms[vm_dir] = FakeMonitor(self, vm_dir, desc)
+        monitor = self.vms[vm_dir] = FakeMonitor(self, vm_dir)
         return monitor
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> FakeConnection:
@@ -188,13 +199,26 @@ class FakeHost:
         return FakeConnection(self, vm_dir)
 
     def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
-                force: bool = False) -> None:
+                force: bool = False, wait: bool = True) -> None:
         self.step("stop_vm")
         if force:
             self.forced_vm_stops.append(vm_dir)
         monitor = self.vms.get(vm_dir)
         if monitor is not None and (not monitor_pid or (monitor.pid, monitor.start) == (monitor_pid, monitor_start)):
             del self.vms[vm_dir]
+            if not wait:  # asked: it exits later, wherever its directory has gone meanwhile
+                self.stopping.append(monitor)
+                return
+        if wait:
+            self.stopping = [m for m in self.stopping if (m.pid, m.start) != (monitor_pid, monitor_start)]
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        """Run at once, or queued in ``background`` with ``defer_background`` (a test runs it later)."""
+        self.step("in_background")
+        if self.defer_background:
+            self.background.append(work)
+        else:
+            work()
 
     def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> FakeShim:
         self.step("start_shim")

@@ -53,19 +53,27 @@ def _no_preserved_fds(args: Args) -> None:
 
 
 def create(args: Args) -> int:
-    from ..runtime.create import create as create_container
+    from .. import timeline
+    with timeline.step("import the runtime"):
+        from ..runtime.create import create as create_container
     _no_preserved_fds(args)
-    create_container(_store(args), _config(args), args.id, args.bundle, pid_file=args.pid_file,
+    with timeline.step("load the configuration"):
+        cfg = _config(args)
+    create_container(_store(args), cfg, args.id, args.bundle, pid_file=args.pid_file,
                      console_socket=args.console_socket, systemd_cgroup=args.systemd_cgroup)
     return 0
 
 
 def run(args: Args) -> int:
-    from ..runtime import lifecycle
-    from ..runtime.create import create as create_container
+    from .. import timeline
+    with timeline.step("import the runtime"):
+        from ..runtime import lifecycle
+        from ..runtime.create import create as create_container
     _no_preserved_fds(args)
     store = _store(args)
-    shim = create_container(store, _config(args), args.id, args.bundle, pid_file=args.pid_file,
+    with timeline.step("load the configuration"):
+        cfg = _config(args)
+    shim = create_container(store, cfg, args.id, args.bundle, pid_file=args.pid_file,
                             console_socket=args.console_socket, detached=args.detach,
                             systemd_cgroup=args.systemd_cgroup)
     try:
@@ -75,7 +83,8 @@ def run(args: Args) -> int:
         raise
     if args.detach:
         return 0
-    code = shim.wait()
+    with timeline.step("the container runs (until its shim exits)"):
+        code = shim.wait()
     if not args.keep:
         lifecycle.delete(store, args.id, force=True)
     return code

@@ -156,6 +156,7 @@ class Containers:
             linux.mount("none", target, None, linux.MS_SHARED)
 
     def create(self, request: messages.CreateContainer) -> messages.ProcessResult:
+        began = time.monotonic_ns()
         cid = request.id
         if cid in self.inits:
             raise AgentError(messages.ERR_EXISTS, f"container {cid} exists")
@@ -167,16 +168,21 @@ class Containers:
         proc = self._new_process(cid, request.tty)
         pid_file = f"{bundle}/init.pid"
         try:
+            spawned = time.monotonic_ns()
             self._spawn(proc, ["create", f"--bundle={bundle}", f"--pid-file={pid_file}", cid], pid_file)
         except BaseException:
             del self.processes[proc.number]
             shutil.rmtree(bundle, ignore_errors=True)
             raise
         self.inits[cid] = proc.number
-        return messages.ProcessResult(process=proc.number, pid=proc.pid)
+        done = time.monotonic_ns()
+        return messages.ProcessResult(process=proc.number, pid=proc.pid, agent_us=(done - began) // 1000,
+                                      crun_us=(done - spawned) // 1000)
 
-    def start(self, request: messages.StartContainer) -> None:
+    def start(self, request: messages.StartContainer) -> messages.CrunResult:
+        began = time.monotonic_ns()
         crun.run("start", request.id)
+        return messages.CrunResult(crun_us=(time.monotonic_ns() - began) // 1000)
 
     def exec(self, request: messages.ExecProcess) -> messages.ProcessResult:
         cid = request.id

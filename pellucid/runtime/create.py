@@ -8,14 +8,14 @@ import os
 from typing import Any, Callable
 
 from .. import config as config_mod
-from .. import ids
+from .. import ids, timeline
 from .. import messages
 from ..errors import BundleError, ContainerError
 from ..host_messages import HostCgroup, ShimRequest, VMDescription
 from ..oci import bundle as oci
 from ..state import ContainerState, Status, now_rfc3339
 from ..store import Store
-from . import cgroups, guest_config, joins, netns
+from . import cgroups, guest_config, joins, netns, reaper
 from .layout import MONITOR_SOCKET, shared_dir, vm_dir_of
 from .lifecycle import MiB, run_hooks, system_host
 from .shims import write_pid_file
@@ -129,6 +129,7 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
     """Boot (or join) the VM, create the container in it, stopped before its user process runs."""
     host = host or system_host()
     ids.check(id)
+    checks = timeline.now()
     bundle = os.path.abspath(bundle)
     config = oci.load_config(bundle)
     rootfs = oci.rootfs_path(bundle, config)
@@ -156,12 +157,14 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
         check_fits(parent, config)
     linux = config.get("linux") or {}
     cgroup_path = cgroups.cgroup_path(linux.get("cgroupsPath") or "", id, systemd_cgroup)
+    timeline.span("read the bundle, translate the config", checks)
     with store.create(id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), kind=kind,
                       sandbox=parent.id if parent is not None else id,
                       namespaces=placement.given if kind == oci.SANDBOX else {},
                       annotations=config.get("annotations") or {}) as st:
         undo = _Undo()
         try:
+            monitor = None
             if parent is not None:
                 vm_dir = vm_dir_of(store, parent)
                 netns_path = parent.netns
@@ -169,50 +172,65 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
                 os.mkdir(vm_dir, 0o700)
-                st.cgroup = host.make_cgroup(cgroup_path, linux.get("resources") or {}, host_overhead(cfg))
+                reaper.sweep(store, host, cgroup_path)  # no reaper may remove the cgroup we are to make
+                with timeline.step("host cgroup"):
+                    st.cgroup = host.make_cgroup(cgroup_path, linux.get("resources") or {}, host_overhead(cfg))
                 undo.push(lambda: host.remove_cgroup(st.cgroup))
                 store.save(st)  # a create killed from here on leaves a cgroup that delete removes
+                # The monitor first: its Python loads while the namespace, shim, hooks and network
+                # are made; it waits to be told what to boot.
+                with timeline.step("spawn the monitor"):
+                    monitor = host.launch_vm(vm_dir, cgroup=st.cgroup.dirs)
+                undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
+                st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
+                store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds
                 if not netns_path:
                     netns_path = os.path.join(vm_dir, "netns")
-                    host.pin_netns(netns_path)
+                    with timeline.step("pin a network namespace"):
+                        host.pin_netns(netns_path)
                     undo.push(lambda: host.release_netns(netns_path))
-            shim = host.start_shim(netns_path, console=bool(console_socket), cgroup=st.cgroup.dirs)
+            with timeline.step("spawn the shim"):
+                shim = host.start_shim(netns_path, console=bool(console_socket), cgroup=st.cgroup.dirs)
             undo.push(shim.abort)
             st.pid, st.pid_start = shim.pid, shim.start
             st.netns, st.terminal = netns_path, terminal
             st.poststart, st.poststop = hooks["poststart"], hooks["poststop"]
             store.save(st)
-            run_hooks(host, "prestart", hooks["prestart"], st, Status.CREATING)
-            run_hooks(host, "createRuntime", hooks["createRuntime"], st, Status.CREATING)
+            with timeline.step("hooks"):
+                run_hooks(host, "prestart", hooks["prestart"], st, Status.CREATING)
+                run_hooks(host, "createRuntime", hooks["createRuntime"], st, Status.CREATING)
             # A first clone may wait for its template's build (two boot timeouts at most), then boot cold.
             timeout = cfg.hypervisor.boot_timeout * (3 if cfg.hypervisor.templates else 1) + 30
-            if parent is None:
+            if monitor is not None:
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
                 # A create killed from here on leaves taps that delete finds by the VM's names.
                 undo.push(lambda: host.disconnect_network(netns_path, st.network.nics, vm_dir))
-                net = host.connect_network(netns_path, cfg.network.mode, vm_dir)
+                with timeline.step("network set-up"):
+                    net = host.connect_network(netns_path, cfg.network.mode, vm_dir)
                 net.dns_relay = _uses_docker_dns(config, bundle)
                 st.network = net
                 store.save(st)
                 vcpus, memory = vm_size(cfg, config, pod=kind == oci.SANDBOX)
-                monitor = host.launch_vm(vm_dir, VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory,
-                                                               netns=netns_path, network=net),
-                                         cgroup=st.cgroup.dirs)
-                undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
-                st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
-                store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds
-                st.vm = monitor.wait_ready(timeout)
+                monitor.boot(VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory, netns=netns_path,
+                                           network=net))
+            # The root and binds are shared while the VM starts (the guest mounts the share after).
             points = guest_config.mount_points(config, bundle)
+            share = timeline.now()
             if points:  # a read-only root: crun could not create them through the read-only share
                 host.make_mount_points(rootfs, points)
             container_dir = os.path.join(shared_dir(vm_dir), id)
             undo.push(lambda: host.unshare(container_dir))
             host.share(container_dir, rootfs, binds)
+            timeline.span("share the root and binds", share)
+            if monitor is not None:
+                with timeline.step("wait for the VM"):
+                    st.vm = monitor.wait_ready(timeout)
             request = messages.CreateContainer(id, guest_cfg, tty=terminal,
                                                net_sysctls=guest_config.net_sysctls(config))
-            ready = shim.send(ShimRequest(monitor=os.path.join(vm_dir, MONITOR_SOCKET), op=request.OP,
-                                          args=request.to_json(), console_socket=console_socket,
-                                          detached=detached), timeout)
+            with timeline.step("create in the VM (through the shim)"):
+                ready = shim.send(ShimRequest(monitor=os.path.join(vm_dir, MONITOR_SOCKET), op=request.OP,
+                                              args=request.to_json(), console_socket=console_socket,
+                                              detached=detached), timeout)
             st.process, st.guest_pid = ready.process, ready.guest_pid
             write_pid_file(pid_file, shim.pid)
         except BaseException:

@@ -8,7 +8,7 @@ type checkers import this module: the CLI's state/kill/delete path stays free of
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from ..host_messages import HostCgroup, Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
 from ..messages import Request
@@ -29,10 +29,15 @@ class AgentConnection(Protocol):
 
 
 class MonitorProcess(Protocol):
-    """A VM's monitor just started: known by pid and start time before it is ready."""
+    """A VM's monitor just started: known by pid and start time before it is ready, loading
+    before it is told what to boot."""
 
     pid: int
     start: int
+
+    def boot(self, desc: VMDescription) -> None:
+        """Tell it what to boot; returns at once (the VM starts while the caller goes on)."""
+        ...
 
     def wait_ready(self, timeout: float) -> VMInfo:
         """The booted VM's info; on failure (or timeout) the monitor is stopped and VMError raised."""
@@ -62,16 +67,22 @@ class Host(Protocol):
     """Everything a lifecycle verb does outside the state store."""
 
     # A VM: its monitor daemon, which owns QEMU and the channel to the agent.
-    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
-        """Start the monitor (in the host cgroup directories ``cgroup`` before its pid is known), which boots QEMU."""
+    def launch_vm(self, vm_dir: str, cgroup: Sequence[str] = ()) -> MonitorProcess:
+        """Start the monitor (in the host cgroup directories ``cgroup`` before its pid is known),
+        which boots QEMU once told what to boot."""
         ...
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> AgentConnection: ...
 
     def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
-                force: bool = False) -> None:
-        """Stop the VM's monitor (QEMU with it): politely, or with ``force`` at once. A pid of 0:
-        the monitor that ``vm_dir`` has, if any."""
+                force: bool = False, wait: bool = True) -> None:
+        """Stop the VM's monitor (QEMU with it): politely, or with ``force`` at once; without
+        ``wait``, only ask it to stop. A pid of 0: the monitor that ``vm_dir`` has, if any."""
+        ...
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        """Run ``work`` detached, after this command has returned (pellucid.runtime.reaper.detach):
+        it keeps the locks held now."""
         ...
 
     # Shims: one per container process.

@@ -12,7 +12,7 @@ import json
 import os
 import signal as signals
 
-from .. import messages
+from .. import messages, timeline
 from ..errors import ContainerError, NotFound, PellucidError, VMError
 from ..state import ContainerState, Status, oci_state, status
 from ..store import Store
@@ -70,7 +70,11 @@ def start(store: Store, id: str, host: Host | None = None) -> None:
             if now is Status.STOPPED:
                 raise ContainerError("cannot start a container that has stopped")
             raise ContainerError(f"cannot start an already {now.value} container")
-        _call(host, store, st, messages.StartContainer(id))
+        with timeline.step("start in the VM"):
+            result = _call(host, store, st, messages.StartContainer(id))
+        if timeline.enabled():  # where the guest says crun spent its time, ending at its answer
+            end = timeline.now()
+            timeline.span("guest: crun start", end - result.crun_us * 1000, end)
         st.started = True
         store.save(st)
     _warn_hooks(host, "poststart", st.poststart, st, Status.RUNNING)
@@ -142,14 +146,12 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
                 st.retired = True
                 store.save(st)
             else:
-                _tear_down(host, store, st, now)
-                store.remove(id)
+                _remove(host, store, st, now)
         if st.kind == "container":
             _release_vm(host, store, st.sandbox)
     except NotFound:
         if force:
             store.remove_abandoned(id)  # a create killed before its first save: nothing else was made
-            store.sweep_graves(id)  # a delete killed while removing the directory
             return
         raise
     _warn_hooks(host, "poststop", st.poststop, st, Status.STOPPED)
@@ -171,20 +173,29 @@ def _leave_vm(host: Host, store: Store, st: ContainerState, now: Status) -> None
         host.stop_shim(st.pid, st.pid_start)
 
 
-def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> None:
-    """Stop what the container has on the host and in its VM (the VM too, if it owns it)."""
+def _remove(host: Host, store: Store, st: ContainerState, now: Status) -> None:
+    """Stop what the container has on the host and in its VM (the VM too, if it owns it) and
+    remove its state (under its lock). What need not be waited for (the VM's exit, then its
+    cgroup and the directory) is finished after we return, by pellucid.runtime.reaper."""
     if st.kind == "container":
         _leave_vm(host, store, st, now)
+        store.remove(st.id)
         return
+    from . import reaper
     vm_dir = vm_dir_of(store, st)
-    host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
+    with timeline.step("ask the VM to stop"):
+        host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start, wait=False)
     if st.netns:  # the taps, also those of a create killed before it recorded them
-        host.disconnect_network(st.netns, st.network.nics, vm_dir)
+        with timeline.step("network tear-down"):
+            host.disconnect_network(st.netns, st.network.nics, vm_dir)
     if st.pid and now is not Status.STOPPED:
-        host.stop_shim(st.pid, st.pid_start)
-    host.unmount_all(store.dir(st.id))
-    if st.cgroup.dirs:
-        host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
+        with timeline.step("stop the shim"):
+            host.stop_shim(st.pid, st.pid_start)
+    with timeline.step("unmount the share and netns"):
+        host.unmount_all(store.dir(st.id))  # the container's root is free for its engine now
+    with timeline.step("bury the state, detach the reaper"):
+        grave = store.bury(st.id)
+        host.in_background(lambda: reaper.reap(host, grave, st))
 
 
 def _release_vm(host: Host, store: Store, vm_owner: str) -> None:
@@ -194,8 +205,7 @@ def _release_vm(host: Host, store: Store, vm_owner: str) -> None:
         with store.lock(vm_owner):
             owner = store.load(vm_owner)
             if owner.retired and not _members(store, vm_owner):
-                _tear_down(host, store, owner, Status.STOPPED)
-                store.remove(vm_owner)
+                _remove(host, store, owner, Status.STOPPED)
     except NotFound:
         pass
 

@@ -9,13 +9,14 @@ the command that starts it: the container's state records its pid and start time
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 
-from .. import messages, procs, sockets
-from ..errors import VMError
-from ..host_messages import MonitorReady, Share, VMDescription, VMInfo
+from .. import messages, procs, sockets, timeline
+from ..errors import PellucidError, VMError
+from ..host_messages import MONITOR_GO, MonitorReady, Share, VMDescription, VMInfo
 from ..vm.agent_client import AgentClient
 from . import cgroups
 from .layout import MONITOR_SOCKET, shared_dir
@@ -30,14 +31,32 @@ LOG = "monitor.log"
 
 
 class MonitorProcess:
-    """A monitor just started; :meth:`wait_ready` waits until its VM's agent answers."""
+    """A monitor just started, its Python loading while the caller prepares the VM's network:
+    :meth:`boot` tells it what to boot, :meth:`wait_ready` waits until its VM's agent answers."""
 
-    def __init__(self, vm_dir: str, proc: subprocess.Popen, ready_fd: int) -> None:
+    def __init__(self, vm_dir: str, proc: subprocess.Popen, go_fd: int, ready_fd: int) -> None:
         self.vm_dir = vm_dir
         self._proc = proc
+        self._go_fd = go_fd
         self._ready_fd = ready_fd
         self.pid = proc.pid
         self.start = procs.proc_start_time(proc.pid) or 0  # our unreaped child: this is it
+
+    def boot(self, desc: VMDescription) -> None:
+        """Write vm.json and let the monitor boot it; returns at once (QEMU starts meanwhile)."""
+        # Traversable by the guest's user-namespaced roots; local users are kept out by --root's 0700.
+        os.makedirs(shared_dir(self.vm_dir), 0o711, exist_ok=True)
+        desc.shares = [Share(tag=messages.SHARE_TAG, path=shared_dir(self.vm_dir))]
+        with open(os.path.join(self.vm_dir, DESCRIPTION), "w") as f:
+            f.write(desc.to_json())
+        try:
+            os.write(self._go_fd, MONITOR_GO)
+        except OSError as err:  # it died while loading (EPIPE): wait_ready reports why
+            if err.errno != errno.EPIPE:
+                raise
+        finally:
+            os.close(self._go_fd)
+            self._go_fd = -1
 
     def wait_ready(self, timeout: float) -> VMInfo:
         try:
@@ -61,31 +80,33 @@ class MonitorProcess:
         return ready.info
 
     def _stop(self) -> None:
+        if self._go_fd >= 0:
+            os.close(self._go_fd)
+            self._go_fd = -1
         stop(self.vm_dir, self.pid, self.start)
         self._proc.wait()
 
 
-def launch(vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
-    """Write vm.json and start the monitor, which boots the VM; in the host cgroup directories
-    ``cgroup`` from before it runs, so that QEMU, its child, is there too."""
-    # Traversable by the guest's user-namespaced roots; local users are kept out by --root's 0700.
-    os.makedirs(shared_dir(vm_dir), 0o711, exist_ok=True)
-    desc.shares = [Share(tag=messages.SHARE_TAG, path=shared_dir(vm_dir))]
-    with open(os.path.join(vm_dir, DESCRIPTION), "w") as f:
-        f.write(desc.to_json())
+def launch(vm_dir: str, cgroup: Sequence[str] = ()) -> MonitorProcess:
+    """Start the monitor, in the host cgroup directories ``cgroup`` from before it runs (so that
+    QEMU, its child, is there too). It loads, then waits for :meth:`MonitorProcess.boot`; a
+    caller that gives up closes the pipe, and the monitor exits."""
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
         with open(os.path.join(vm_dir, LOG), "ab") as log:
-            proc = subprocess.Popen([*_monitor_argv(vm_dir), "--ready-fd", str(ready_w)],
-                                    pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True,
+            proc = subprocess.Popen([*_monitor_argv(vm_dir), "--go-fd", str(go_r), "--ready-fd", str(ready_w)],
+                                    pass_fds=(go_r, ready_w), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True, env=timeline.child_env(),
                                     preexec_fn=(lambda: cgroups.join(cgroup)) if cgroup else None)
     except BaseException:
         os.close(ready_r)
+        os.close(go_w)
         raise
     finally:
         os.close(ready_w)
-    return MonitorProcess(vm_dir, proc, ready_r)
+        os.close(go_r)
+    return MonitorProcess(vm_dir, proc, go_w, ready_r)
 
 
 def _log_tail(vm_dir: str) -> str:
@@ -125,14 +146,21 @@ def connect(vm_dir: str, timeout: float = 30.0) -> MonitorConnection:
         raise VMError(f"the VM is not running ({err.strerror or err})") from err
 
 
-def stop(vm_dir: str, pid: int, start: int, timeout: float = 10.0, force: bool = False) -> None:
+def stop(vm_dir: str, pid: int, start: int, timeout: float = 10.0, force: bool = False, wait: bool = True) -> None:
     """Shut the VM down: ask the monitor, then SIGTERM, then SIGKILL (QEMU dies with it); with
-    ``force`` (a guest that is broken), SIGKILL at once. Idempotent; a monitor that is gone (or
-    whose pid another process has now) is left alone. Without a pid (a ``create`` killed before it
-    recorded one), the monitor of ``vm_dir`` is found by its command line."""
+    ``force`` (a guest that is broken), SIGKILL at once; without ``wait``, only ask (no more than
+    2 s), and return while it exits. Idempotent; a monitor that is gone (or whose pid another
+    process has now) is left alone. Without a pid (a ``create`` killed before it recorded one),
+    the monitor of ``vm_dir`` is found by its command line."""
     monitors = [(pid, start)] if pid else procs.find(_monitor_argv(vm_dir)[1:])
     for pid, start in monitors:
-        if force:
+        if not wait:
+            if procs.alive(pid, start):
+                try:
+                    _shutdown(vm_dir, 2.0)
+                except (PellucidError, OSError):
+                    pass  # whoever waits for it escalates
+        elif force:
             procs.stop(pid, start, term=False, timeout=timeout)
         else:
             procs.stop(pid, start, ask=lambda: _shutdown(vm_dir, timeout), timeout=timeout)

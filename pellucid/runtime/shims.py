@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from .. import procs
+from .. import procs, timeline
 from ..errors import ContainerError
 from ..host_messages import ShimReady, ShimRequest
 from . import cgroups
@@ -41,6 +41,7 @@ class ShimHandle:
             # pid is known to anyone (prestart hooks, Docker's among them, find the namespace
             # through it; containerd and conmon read the cgroup of the pid for stats).
             self.proc = subprocess.Popen(argv, pass_fds=(req_r, ready_w), close_fds=True, stdin=stdio,
+                                         env=timeline.child_env(),
                                          stdout=stdio, stderr=stdio,
                                          preexec_fn=(lambda: _enter(netns, cgroup)) if netns or cgroup else None)
         except subprocess.SubprocessError as err:

@@ -5,27 +5,31 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Sequence
+    from typing import Any, Callable, Sequence
 
-    from ..host_messages import HostCgroup, Network, Nic, VMDescription
+    from ..host_messages import HostCgroup, Network, Nic
     from .guest_config import Bind
     from .sandbox import MonitorConnection, MonitorProcess
     from .shims import ShimHandle
 
 
 class SystemHost:
-    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
+    def launch_vm(self, vm_dir: str, cgroup: Sequence[str] = ()) -> MonitorProcess:
         from . import sandbox
-        return sandbox.launch(vm_dir, desc, cgroup)
+        return sandbox.launch(vm_dir, cgroup)
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> MonitorConnection:
         from . import sandbox
         return sandbox.connect(vm_dir, timeout)
 
     def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
-                force: bool = False) -> None:
+                force: bool = False, wait: bool = True) -> None:
         from . import sandbox
-        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout, force)
+        sandbox.stop(vm_dir, monitor_pid, monitor_start, timeout, force, wait)
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        from . import reaper
+        reaper.detach(work)
 
     def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> ShimHandle:
         from .shims import ShimHandle

@@ -84,8 +84,9 @@ def test_sandbox(host, tmp_path, config_file):
     """A VM's monitor launched, connected to, its shims started, refused and aborted, then stopped."""
     vm_dir = str(tmp_path / "root" / "c1" / "vm")
     os.makedirs(vm_dir)
-    monitor = host.launch_vm(vm_dir, VMDescription(id="c1", config=str(config_file), vcpus=1, memory_mib=256))
+    monitor = host.launch_vm(vm_dir)
     assert monitor.pid > 0 and monitor.start > 0
+    monitor.boot(VMDescription(id="c1", config=str(config_file), vcpus=1, memory_mib=256))
     info = monitor.wait_ready(BOOT_TIMEOUT + 30)
     assert (info.vcpus, info.memory_mib) == (1, 256)
 
@@ -123,7 +124,8 @@ def test_launch_failure_is_reported_and_leaves_no_monitor(host, tmp_path):
     os.makedirs(vm_dir)
     if isinstance(host, fakes.FakeHost):
         host.fail = "wait_ready"
-    monitor = host.launch_vm(vm_dir, VMDescription(id="c1", config=str(tmp_path / "missing.toml")))
+    monitor = host.launch_vm(vm_dir)
+    monitor.boot(VMDescription(id="c1", config=str(tmp_path / "missing.toml")))
     with pytest.raises(VMError):
         monitor.wait_ready(60)
     with pytest.raises(VMError):

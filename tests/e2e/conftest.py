@@ -77,8 +77,10 @@ def root(tmp_path, request) -> Path:
     leftovers = [p for p in (path.iterdir() if path.exists() else []) if not p.name.startswith(".")]
     mounts = harness.mounts_under(tmp_path)
     deadline = time.monotonic() + 10
-    while qemu_pids(tmp_path) and time.monotonic() < deadline:
+    graves = path / ".graves"  # deleted containers whose VM's exit a detached reaper waits for
+    while (qemu_pids(tmp_path) or (graves.exists() and any(graves.iterdir()))) and time.monotonic() < deadline:
         time.sleep(0.1)
+    unreaped = [p.name for p in graves.iterdir()] if graves.exists() else []
     stray = qemu_pids(tmp_path)
     for pid in stray:
         os.kill(pid, 9)
@@ -86,6 +88,7 @@ def root(tmp_path, request) -> Path:
     assert not stray, f"QEMU processes left behind: {stray}"
     assert not mounts, f"mounts left behind: {mounts}"
     assert not leftovers, f"containers left behind: {[p.name for p in leftovers]}"
+    assert not unreaped, f"deleted containers not wholly removed: {unreaped}"
 
 
 class Runtime:

@@ -33,7 +33,7 @@ def test_a_record_call_returns_the_result_record(pair):
 def test_a_request_without_result_returns_none(pair):
     client, guest = pair
     guest.sendall(messages.ok(1, None))
-    assert client.call(messages.StartContainer("c"), timeout=5) is None
+    assert client.call(messages.PauseContainer("c"), timeout=5) is None
 
 
 def test_an_invalid_result_is_a_vm_error(pair):

@@ -81,7 +81,7 @@ def test_handlers_get_checked_records(channel):
 def test_a_result_record_is_sent_as_json(channel):
     channel.agent.handle(messages.ExecProcess, lambda request: messages.ProcessResult(process=2, pid=99))
     (frame,) = channel.exchange(messages.ExecProcess(id="c", process_spec={"args": ["true"]}).encode(3))
-    assert frame.json() == {"ok": True, "result": {"process": 2, "pid": 99}}
+    assert frame.json() == {"ok": True, "result": {"process": 2, "pid": 99, "agent_us": 0, "crun_us": 0}}
 
 
 @pytest.mark.parametrize("args, message", [

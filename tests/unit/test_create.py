@@ -18,8 +18,8 @@ from tests.fakes import MY_PID, MY_START, FakeHost, Injected
 
 HOOK = {"path": "/bin/true"}
 # The steps of a sandbox's create, in order, and what undoes each.
-STEPS = ["make_cgroup", "pin_netns", "start_shim", "hook:prestart", "hook:createRuntime", "connect_network", "launch_vm",
-         "wait_ready", "share", "send"]
+STEPS = ["make_cgroup", "launch_vm", "pin_netns", "start_shim", "hook:prestart", "hook:createRuntime", "connect_network",
+         "boot_vm", "share", "wait_ready", "send"]
 UNDO = {"make_cgroup": "remove_cgroup", "pin_netns": "release_netns", "start_shim": None, "connect_network": "disconnect_network",
         "launch_vm": "stop_vm", "share": "unshare"}
 # Steps that may fail half-way: their undo runs even when they are the one that fails.
@@ -139,7 +139,7 @@ def test_the_vm_and_its_shims_start_in_its_host_cgroup(store, bundle, tmp_path):
     assert host.cgroups == {"/docker/c1": {"memory": {"limit": 64 << 20}}}
     assert store.load("c1").cgroup.memory_overhead == (CFG.hypervisor.memory_mib + CFG.overhead.memory_mib) << 20
     exec_mod.exec_process(store, "c1", {"args": ["true"], "cwd": "/"}, host=host)
-    assert host.joined == [("shim", dirs), ("monitor", dirs), ("shim", dirs)]
+    assert host.joined == [("monitor", dirs), ("shim", dirs), ("shim", dirs)]
     lifecycle.update(store, "c1", {"memory": {"limit": 32 << 20}}, host=host)
     assert host.cgroup_updates == [(dirs[0], {"memory": {"limit": 32 << 20}})]
     lifecycle.delete(store, "c1", force=True, host=host)
@@ -169,3 +169,27 @@ def test_a_pod_container_shim_joins_the_sandbox_cgroup(store, bundle, tmp_path):
     from pellucid.runtime import lifecycle
     lifecycle.delete(store, "c2", force=True, host=host)
     assert len(host.cgroups) == 1, "a pod container's delete removed its sandbox's cgroup"
+
+
+def test_the_vm_starts_while_the_namespace_shim_hooks_network_and_share_are_prepared(store, bundle):
+    """The monitor is launched right after the cgroup (it loads meanwhile) and told to boot once the
+    network is there; the root is shared while the VM starts; only then is it waited for."""
+    host = FakeHost()
+    create(store, CFG, "c1", bundle, host=host)
+    order = host.calls.index
+    assert order("make_cgroup") < order("launch_vm") < order("pin_netns") < order("start_shim") \
+        < order("hook:prestart") < order("connect_network") < order("boot_vm") < order("share") < order("wait_ready")
+
+
+@pytest.mark.parametrize("step", ["hook:prestart", "connect_network", "boot_vm", "share", "wait_ready"])
+def test_a_failure_while_the_monitor_loads_or_boots_stops_it(store, bundle, step):
+    """Whatever fails while the VM is being started alongside, the monitor is stopped (after what
+    was made since, in reverse), and nothing is left."""
+    host = FakeHost(fail=step)
+    with pytest.raises((Injected, VMError)):
+        create(store, CFG, "c1", bundle, host=host)
+    assert host.live() == {} and not os.path.exists(store.dir("c1"))
+    undos = [c for c in host.calls if c in ("stop_vm", "unshare", "disconnect_network", "remove_cgroup")]
+    assert undos[-2:] == ["stop_vm", "remove_cgroup"]
+    if step in ("share", "wait_ready"):
+        assert undos[:2] == ["unshare", "disconnect_network"]

@@ -33,8 +33,9 @@ SAMPLES = [
     messages.DnsReply(query=7, data=b"\x00\x01answer"),
     messages.CreateContainer(id="c1", config={"ociVersion": "1.0.2"}, tty=True,
                              net_sysctls={"net.ipv4.ip_forward": "1"}),
-    messages.ProcessResult(process=1, pid=42),
+    messages.ProcessResult(process=1, pid=42, agent_us=900, crun_us=700),
     messages.StartContainer(id="c1"),
+    messages.CrunResult(crun_us=500),
     messages.PauseContainer(id="c1"),
     messages.ResumeContainer(id="c1"),
     messages.DeleteContainer(id="c1"),
@@ -347,3 +348,14 @@ def test_the_shim_checks_the_request_it_is_given():
         creating_request("start_container", {"id": "c"})
     with pytest.raises(ProtocolError):
         creating_request("create_container", {"id": "../c", "config": {}})
+
+
+def test_guest_step_times_are_optional_and_bounded():
+    """The guest's step durations only feed the timeline: absent is 0, out of range is refused."""
+    assert messages.ProcessResult.from_json({"process": 1, "pid": 2}).crun_us == 0
+    assert messages.StartContainer("c").read_result({}) == messages.CrunResult(0)
+    for bad in (-1, messages.MAX_STEP_US + 1, "5", True):
+        with pytest.raises(ProtocolError):
+            messages.ProcessResult.from_json({"process": 1, "pid": 2, "crun_us": bad})
+        with pytest.raises(ProtocolError):
+            messages.CrunResult.from_json({"crun_us": bad})

@@ -13,7 +13,7 @@ import pytest
 
 from pellucid import messages
 from pellucid.errors import ContainerError, VMError
-from pellucid.host_messages import MonitorReady, Nic, ShimRequest, VMDescription
+from pellucid.host_messages import MONITOR_GO, MonitorReady, Nic, ShimRequest, VMDescription
 from pellucid.monitor import Monitor
 from pellucid.runtime import sandbox
 from pellucid.runtime.ready import read_line
@@ -22,16 +22,36 @@ from pellucid.runtime.shims import ShimHandle
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_monitor(vm_dir: str) -> MonitorReady:
+def start_monitor(vm_dir: str) -> tuple[subprocess.Popen, int, int]:
+    """A monitor waiting for its go: (process, go pipe's write end, ready pipe's read end)."""
+    go_r, go_w = os.pipe()
     r, w = os.pipe()
-    p = subprocess.Popen([sys.executable, "-m", "pellucid.monitor", vm_dir, "--ready-fd", str(w)], pass_fds=(w,),
-                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([sys.executable, "-m", "pellucid.monitor", vm_dir, "--go-fd", str(go_r), "--ready-fd", str(w)],
+                         pass_fds=(go_r, w), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
+    os.close(go_r)
+    return p, go_w, r
+
+
+def run_monitor(vm_dir: str) -> MonitorReady:
+    p, go, r = start_monitor(vm_dir)
+    os.write(go, MONITOR_GO)
+    os.close(go)
     try:
         return MonitorReady.from_json(read_line(r, 30))
     finally:
         os.close(r)
         assert p.wait(30) == 1
+
+
+def test_a_monitor_whose_caller_gives_up_before_go_exits_without_reading_anything(tmp_path):
+    p, go, r = start_monitor(str(tmp_path))  # no vm.json: it must not be read
+    os.close(go)
+    try:
+        assert p.wait(30) == 0
+        assert read_line(r, 5) == b""
+    finally:
+        os.close(r)
 
 
 def test_monitor_reports_a_bad_vm_description(tmp_path):
@@ -69,7 +89,8 @@ def test_monitor_gives_qemu_a_tap_by_name_and_a_macvtap_by_fd(tmp_path):
 def test_launch_of_a_monitor_that_fails_leaves_no_process(tmp_path):
     vm_dir = tmp_path / "c1" / "vm"
     vm_dir.mkdir(parents=True)
-    monitor = sandbox.launch(str(vm_dir), VMDescription(id="c1", config=str(tmp_path / "missing.toml")))
+    monitor = sandbox.launch(str(vm_dir))
+    monitor.boot(VMDescription(id="c1", config=str(tmp_path / "missing.toml")))
     with pytest.raises(VMError, match="missing.toml"):
         monitor.wait_ready(30)
     assert VMDescription.from_json((vm_dir / "vm.json").read_text()).shares[0].tag == messages.SHARE_TAG
