@@ -41,6 +41,7 @@ ERR_STOPPED = "stopped"  # the process has exited
 ERR_CRUN = "crun"  # crun failed; the message is its own
 ERR_NETWORK = "network"  # configuring the guest's network failed
 ERR_SYSCTL = "sysctl"  # a sysctl could not be set
+ERR_TIMEOUT = "timeout"  # the agent did not answer in time (the monitor answers so in its stead)
 
 MAX_ID = 1024
 MAX_DNS = 4096  # bytes of one DNS message
