@@ -143,7 +143,7 @@ class Bytes(Field):
             raise ProtocolError(f"field {name!r} is not base64 of at most {self.max_len} bytes")
         try:
             data = binascii.a2b_base64(value, strict_mode=True)
-        except binascii.Error as err:
+        except ValueError as err:  # binascii.Error, or a plain ValueError for a non-ASCII string
             raise ProtocolError(f"field {name!r} is not base64: {err}") from err
         if not self.min_len <= len(data) <= self.max_len:
             raise ProtocolError(f"field {name!r} is not {self.min_len} to {self.max_len} bytes")
