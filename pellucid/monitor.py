@@ -73,7 +73,7 @@ class Monitor:
         self.windows: dict[int, protocol.Window] = {}  # stream id -> its sender's credit, per open stream
         self.owed: dict[int, int] = {}  # output stream id -> bytes discarded (its client left), not yet credited
         self.backlog: dict[Conn, None] = {}  # clients with frames read but not acted on (they fell behind)
-        self.blocked = False  # whether no client is read (the agent is behind)
+        self.blocked = False  # whether no client is read (the agent is behind, or too many requests wait for it)
         self.next_sweep = 0.0
         self.next_id = 1
         self.vm: VM | None = None
