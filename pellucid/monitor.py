@@ -73,7 +73,7 @@ class Monitor:
         self.windows: dict[int, protocol.Window] = {}  # stream id -> its sender's credit, per open stream
         self.owed: dict[int, int] = {}  # output stream id -> bytes discarded (its client left), not yet credited
         self.backlog: dict[Conn, None] = {}  # clients with frames read but not acted on (they fell behind)
-        self.blocked = False  # whether no client is read (the agent is behind, or too many requests wait for it)
+        self.blocked = False  # whether the agent was behind at the end of the last turn: no client is read
         self.next_sweep = 0.0
         self.next_id = 1
         self.vm: VM | None = None
@@ -164,7 +164,7 @@ class Monitor:
                 del self.backlog[conn]
             elif self._may_read(conn):
                 self._take_frames(conn, b"")
-        blocked = len(self.agent_out) >= MAX_AGENT_BUFFER or len(self.pending) >= MAX_PENDING
+        blocked = self._behind()
         if blocked != self.blocked:
             self.blocked = blocked
             for conn in list(self.conns.values()):
@@ -180,15 +180,23 @@ class Monitor:
         self.conns[sock.fileno()] = conn
         self._watch(conn)
 
+    def _behind(self) -> bool:
+        """Whether the agent is behind: it does not read what it is sent, or does not answer."""
+        return len(self.agent_out) >= MAX_AGENT_BUFFER or len(self.pending) >= MAX_PENDING
+
+    def _full(self, conn: Conn) -> bool:
+        """Whether ``conn`` is behind: it does not read its answers, or has too many requests waiting."""
+        return len(conn.out) >= MAX_CLIENT_BUFFER or conn.requests >= MAX_CLIENT_REQUESTS
+
     def _may_read(self, conn: Conn) -> bool:
-        """Whether the monitor takes more from ``conn``: not while it or the agent is behind."""
-        return (len(conn.out) < MAX_CLIENT_BUFFER and conn.requests < MAX_CLIENT_REQUESTS
-                and len(self.agent_out) < MAX_AGENT_BUFFER and len(self.pending) < MAX_PENDING)
+        return not self._full(conn) and not self._behind()
 
     def _watch(self, conn: Conn) -> None:
-        """Register ``conn`` for writing while bytes wait for it, for reading unless it or the agent is behind."""
+        """Register ``conn`` for writing while bytes wait for it, for reading unless it is behind, or the
+        agent was at the end of the last turn (a change within a turn is seen by the reads themselves,
+        which leave the client in the backlog; each turn ends by going through it)."""
         events = selectors.EVENT_WRITE if conn.out else 0
-        if self._may_read(conn):
+        if not self._full(conn) and not self.blocked:
             events |= selectors.EVENT_READ
         if events == conn.events:
             return
@@ -273,7 +281,7 @@ class Monitor:
             self._watch(conn)
         if mask & selectors.EVENT_READ:
             if not self._may_read(conn):
-                self._watch(conn)  # it or the agent fell behind since it was registered
+                self.backlog[conn] = None  # the agent fell behind within this turn
                 return
             try:
                 data = conn.sock.recv(65536)

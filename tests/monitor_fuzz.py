@@ -481,8 +481,8 @@ class Session:
 class DnsServer:
     """Stands for Docker's DNS: answers some queries (the monitor relays to it), drops others."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
+    def __init__(self, rng: random.Random, answer_rate: float = 0.7) -> None:
+        self.rng, self.answer_rate = rng, answer_rate
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         self.sock.bind(("127.0.0.1", 0))
         self.address = self.sock.getsockname()
@@ -493,7 +493,7 @@ class DnsServer:
                 data, peer = self.sock.recvfrom(65536)
             except BlockingIOError:
                 return
-            if self.rng.random() < 0.7:
+            if self.rng.random() < self.answer_rate:
                 self.sock.sendto(data[::-1] + os.urandom(self.rng.randint(0, 600)), peer)
 
 

@@ -5,6 +5,7 @@ container that uses Docker's DNS. The monitor runs in the test's thread, turned 
 from __future__ import annotations
 
 import json
+import random
 import socket
 import time
 
@@ -83,11 +84,10 @@ def test_a_deeply_nested_frame_stops_the_vm_and_raises_nothing(rig, capsys):
 def test_dns_from_a_guest_that_does_not_read_leaves_the_agent_buffer_at_its_cap(tmp_path, monkeypatch):
     """The guest asks and asks, and reads no answer: answers past the cap are dropped (its resolver
     retries), not queued."""
-    dns = DnsServer(__import__("random").Random(1))
+    dns = DnsServer(random.Random(1), answer_rate=1.0)
     monkeypatch.setattr(monitor, "DOCKER_DNS", dns.address)
     monkeypatch.setattr(monitor, "MAX_AGENT_BUFFER", 64 << 10)
     rig = Rig(tmp_path, dns_relay=True)
-    dns.rng.random = lambda: 0.0  # it answers every query
     biggest = 0
     try:
         for n in range(400):
@@ -112,7 +112,7 @@ def test_dns_from_a_guest_that_does_not_read_leaves_the_agent_buffer_at_its_cap(
 
 
 def test_dns_is_not_relayed_for_a_container_that_does_not_use_it(rig, monkeypatch):
-    dns = DnsServer(__import__("random").Random(1))
+    dns = DnsServer(random.Random(1))
     monkeypatch.setattr(monitor, "DOCKER_DNS", dns.address)
     try:
         rig.agent.out += messages.DnsQuery(query=1, data=b"q").encode()
