@@ -41,6 +41,7 @@ ERR_STOPPED = "stopped"  # the process has exited
 ERR_CRUN = "crun"  # crun failed; the message is its own
 ERR_NETWORK = "network"  # configuring the guest's network failed
 ERR_SYSCTL = "sysctl"  # a sysctl could not be set
+ERR_TIMEOUT = "timeout"  # the agent did not answer in time (the monitor answers so in its stead)
 
 MAX_ID = 1024
 MAX_DNS = 4096  # bytes of one DNS message
@@ -142,7 +143,7 @@ class Bytes(Field):
             raise ProtocolError(f"field {name!r} is not base64 of at most {self.max_len} bytes")
         try:
             data = binascii.a2b_base64(value, strict_mode=True)
-        except binascii.Error as err:
+        except ValueError as err:  # binascii.Error, or a plain ValueError for a non-ASCII string
             raise ProtocolError(f"field {name!r} is not base64: {err}") from err
         if not self.min_len <= len(data) <= self.max_len:
             raise ProtocolError(f"field {name!r} is not {self.min_len} to {self.max_len} bytes")

@@ -30,10 +30,17 @@ from .vm.machine import VM, BootTimeline
 from .vm.spec import make_spec
 
 SOCKET = "monitor.sock"
-# Backpressure, never a dropped connection: a client is not read from while this much waits for it
-# (it is not reading its responses) or for the agent. Stream data is bounded by its windows.
+# Every buffer is bounded, by backpressure, never by a dropped connection: a client is not read
+# from while this much waits for it (it is not reading its responses), while it has this many
+# requests waiting for the agent, or while the agent is behind (it is not reading). Stream data is
+# bounded by its windows; nothing the agent sends makes the monitor write to the agent without bound.
 MAX_CLIENT_BUFFER = 4 << 20
+MAX_CLIENT_REQUESTS = 32
 MAX_AGENT_BUFFER = 4 << 20
+MAX_PENDING = 1024  # requests waiting for the agent, of all clients
+PENDING_SECONDS = 300.0  # longer than any client waits: then the monitor answers in the agent's stead
+MAX_DNS_QUERIES = 256
+DNS_SECONDS = 10.0
 # Requests the monitor answers itself; the rest go to the agent.
 LOCAL_OPS = (messages.Shutdown.OP,)
 CREATING_OPS = (messages.CreateContainer.OP, messages.ExecProcess.OP)
@@ -46,6 +53,7 @@ class Conn:
         self.reader = protocol.FrameReader()
         self.out = bytearray()
         self.processes: set[int] = set()
+        self.requests = 0  # its requests waiting for the agent
         self.events = 0  # the selector events it is registered for
 
 
@@ -60,10 +68,15 @@ class Monitor:
             raise VMError(f"{path}: {err}") from err
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
-        self.pending: dict[int, tuple[Conn | None, int, str]] = {}  # agent id -> (conn, client id, op)
+        self.pending: dict[int, tuple[Conn, int, str, float]] = {}  # agent id -> (conn, client id, op, deadline)
         self.dns: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> (socket, query id, sent at)
+        self.live: set[int] = set()  # numbers of the processes made and not yet exited
         self.owners: dict[int, Conn] = {}  # process number -> connection that created it
-        self.windows: dict[int, protocol.Window] = {}  # stream id -> its sender's credit, per live process
+        self.windows: dict[int, protocol.Window] = {}  # stream id -> its sender's credit, per open stream
+        self.owed: dict[int, int] = {}  # output stream id -> bytes discarded (its client left), not yet credited
+        self.backlog: dict[Conn, None] = {}  # clients with frames read but not acted on (they fell behind)
+        self.blocked = False  # whether the agent was behind at the end of the last turn: no client is read
+        self.next_sweep = 0.0
         self.next_id = 1
         self.vm: VM | None = None
         self.info = VMInfo()
@@ -124,6 +137,11 @@ class Monitor:
     # Serving.
 
     def serve(self, listener: socket.socket) -> None:
+        self.listen(listener)
+        while self.running:
+            self.step(1.0)
+
+    def listen(self, listener: socket.socket) -> None:
         assert self.vm is not None and self.vm.agent is not None
         agent = self.vm.agent.sock
         agent.setblocking(False)
@@ -134,12 +152,30 @@ class Monitor:
         self.agent_reader = self.vm.agent.reader
         for frame in self.agent_reader.feed(b""):
             self._from_agent(frame)
-        while self.running:
-            for key, mask in self.selector.select(1.0):
-                key.data(mask)
-            if self.vm.proc is not None and self.vm.proc.poll() is not None:
-                self.running = False
-            self._expire_dns()
+
+    def step(self, timeout: float) -> None:
+        """One turn of the event loop: what is ready, then what waits on time or on room."""
+        assert self.vm is not None
+        for key, mask in self.selector.select(timeout):
+            key.data(mask)
+        if self.vm.proc is not None and self.vm.proc.poll() is not None:
+            self.running = False
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.next_sweep = now + 1.0
+            self._expire_dns(now)
+            self._expire_pending(now)
+        self._repay()
+        for conn in list(self.backlog):
+            if conn.sock.fileno() < 0:
+                del self.backlog[conn]
+            elif self._may_read(conn):
+                self._take_frames(conn, b"")
+        blocked = self._behind()
+        if blocked != self.blocked:
+            self.blocked = blocked
+            for conn in list(self.conns.values()):
+                self._watch(conn)
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -151,10 +187,23 @@ class Monitor:
         self.conns[sock.fileno()] = conn
         self._watch(conn)
 
+    def _behind(self) -> bool:
+        """Whether the agent is behind: it does not read what it is sent, or does not answer."""
+        return len(self.agent_out) >= MAX_AGENT_BUFFER or len(self.pending) >= MAX_PENDING
+
+    def _full(self, conn: Conn) -> bool:
+        """Whether ``conn`` is behind: it does not read its answers, or has too many requests waiting."""
+        return len(conn.out) >= MAX_CLIENT_BUFFER or conn.requests >= MAX_CLIENT_REQUESTS
+
+    def _may_read(self, conn: Conn) -> bool:
+        return not self._full(conn) and not self._behind()
+
     def _watch(self, conn: Conn) -> None:
-        """Register ``conn`` for writing while bytes wait for it, for reading unless it or the agent is behind."""
+        """Register ``conn`` for writing while bytes wait for it, for reading unless it is behind, or the
+        agent was at the end of the last turn (a change within a turn is seen by the reads themselves,
+        which leave the client in the backlog; each turn ends by going through it)."""
         events = selectors.EVENT_WRITE if conn.out else 0
-        if len(conn.out) < MAX_CLIENT_BUFFER and len(self.agent_out) < MAX_AGENT_BUFFER:
+        if not self._full(conn) and not self.blocked:
             events |= selectors.EVENT_READ
         if events == conn.events:
             return
@@ -174,12 +223,20 @@ class Monitor:
             self.selector.unregister(conn.sock)
             conn.events = 0
         conn.sock.close()
+        self.backlog.pop(conn, None)
         for number in conn.processes:
             self._orphan(number)
         conn.processes.clear()
+        # Its requests' answers are not waited for; a creating request's is, to close the new process's stdin.
+        for agent_id, (owner, _, op, _) in list(self.pending.items()):
+            if owner is conn and op not in CREATING_OPS:
+                del self.pending[agent_id]
 
     def _opened(self, conn: Conn, number: int) -> None:
         """Process ``number`` was made for ``conn``: its streams start with full windows."""
+        if number in self.live:
+            raise protocol.ProtocolError(f"the agent made process {number} twice")
+        self.live.add(number)
         for fd in (protocol.STDIN, protocol.STDOUT, protocol.STDERR):
             self.windows[protocol.stream_id(number, fd)] = protocol.Window()
         if conn.sock.fileno() < 0:
@@ -191,13 +248,16 @@ class Monitor:
     def _orphan(self, number: int) -> None:
         """The connection of process ``number`` is gone: its stdin ends and its output is discarded."""
         self.owners.pop(number, None)
-        if self.running:
-            self._send_agent(protocol.stream(protocol.stream_id(number, protocol.STDIN), b""))
+        stdin = protocol.stream_id(number, protocol.STDIN)
+        if self.running and self.windows.pop(stdin, None) is not None:
+            self._send_agent(protocol.stream(stdin, b""))
 
     def _ended(self, number: int) -> None:
         """Process ``number`` has exited and its streams are closed."""
+        self.live.discard(number)
         for fd in (protocol.STDIN, protocol.STDOUT, protocol.STDERR):
             self.windows.pop(protocol.stream_id(number, fd), None)
+            self.owed.pop(protocol.stream_id(number, fd), None)
         conn = self.owners.pop(number, None)
         if conn is not None:
             conn.processes.discard(number)
@@ -210,12 +270,8 @@ class Monitor:
 
     def _send_agent(self, data: bytes) -> None:
         assert self.vm is not None and self.vm.agent is not None
-        behind = len(self.agent_out) >= MAX_AGENT_BUFFER
         self.agent_out += data
         self.selector.modify(self.vm.agent.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_agent)
-        if not behind and len(self.agent_out) >= MAX_AGENT_BUFFER:
-            for conn in list(self.conns.values()):
-                self._watch(conn)
 
     def _on_conn(self, conn: Conn, mask: int) -> None:
         if conn.sock.fileno() < 0:
@@ -231,6 +287,9 @@ class Monitor:
                 return
             self._watch(conn)
         if mask & selectors.EVENT_READ:
+            if not self._may_read(conn):
+                self.backlog[conn] = None  # the agent fell behind within this turn
+                return
             try:
                 data = conn.sock.recv(65536)
             except BlockingIOError:
@@ -240,12 +299,22 @@ class Monitor:
             if not data:
                 self._close(conn)
                 return
-            try:
-                for frame in conn.reader.feed(data):
-                    self._from_client(conn, frame)
-            except protocol.ProtocolError as err:
-                print(f"pellucid-monitor: bad frame from a client: {err}", file=sys.stderr)
-                self._close(conn)
+            self._take_frames(conn, data)
+
+    def _take_frames(self, conn: Conn, data: bytes) -> None:
+        """Act on ``conn``'s frames while it may be read; the rest wait in its reader (the backlog)."""
+        self.backlog.pop(conn, None)
+        try:
+            for frame in conn.reader.feed(data):
+                self._from_client(conn, frame)
+                if not self._may_read(conn):
+                    self.backlog[conn] = None
+                    break
+        except protocol.ProtocolError as err:
+            print(f"pellucid-monitor: bad frame from a client: {err}", file=sys.stderr)
+            self._close(conn)
+            return
+        self._watch(conn)
 
     def _from_client(self, conn: Conn, frame: protocol.Frame) -> None:
         if frame.kind in (protocol.STREAM, protocol.CREDIT):
@@ -255,6 +324,8 @@ class Monitor:
                 return
             if frame.kind == protocol.STREAM and fd == protocol.STDIN:
                 window.take(len(frame.payload))
+                if not frame.payload:  # its end: nothing more is taken on it
+                    del self.windows[frame.id]
                 self._send_agent(protocol.stream(frame.id, frame.payload))
             elif frame.kind == protocol.CREDIT and fd != protocol.STDIN:
                 granted = protocol.parse_credit(frame)
@@ -269,11 +340,27 @@ class Monitor:
             return
         self._send_agent(protocol.encode(protocol.REQUEST, self._agent_id(conn, frame.id, op), frame.payload))
 
-    def _agent_id(self, conn: Conn | None, client_id: int, op: str) -> int:
+    def _agent_id(self, conn: Conn, client_id: int, op: str) -> int:
+        agent_id = self._new_id()
+        self.pending[agent_id] = (conn, client_id, op, time.monotonic() + PENDING_SECONDS)
+        conn.requests += 1
+        return agent_id
+
+    def _new_id(self) -> int:
         agent_id = self.next_id
         self.next_id = self.next_id % 0xFFFFFFFF + 1
-        self.pending[agent_id] = (conn, client_id, op)
         return agent_id
+
+    def _expire_pending(self, now: float) -> None:
+        """Requests the agent has not answered in PENDING_SECONDS are answered with an error (the
+        oldest come first: the deadlines grow with the ids)."""
+        for agent_id, (conn, client_id, op, deadline) in list(self.pending.items()):
+            if deadline > now:
+                break
+            del self.pending[agent_id]
+            conn.requests -= 1
+            self._send(conn, protocol.response_error(
+                client_id, messages.ERR_TIMEOUT, f"the agent did not answer {op!r} within {PENDING_SECONDS:g}s"))
 
     def _local(self, conn: Conn, id: int, op: str) -> None:
         if op == messages.Shutdown.OP:
@@ -294,7 +381,6 @@ class Monitor:
         assert self.vm is not None and self.vm.agent is not None
         sock = self.vm.agent.sock
         if mask & selectors.EVENT_WRITE and self.agent_out:
-            behind = len(self.agent_out) >= MAX_AGENT_BUFFER
             try:
                 n = sock.send(self.agent_out)
                 del self.agent_out[:n]
@@ -302,9 +388,6 @@ class Monitor:
                 pass
             if not self.agent_out:
                 self.selector.modify(sock, selectors.EVENT_READ, self._on_agent)
-            if behind and len(self.agent_out) < MAX_AGENT_BUFFER:
-                for conn in list(self.conns.values()):
-                    self._watch(conn)
         if mask & selectors.EVENT_READ:
             try:
                 data = sock.recv(1 << 18)
@@ -328,10 +411,9 @@ class Monitor:
         if frame.kind == protocol.RESPONSE:
             entry = self.pending.pop(frame.id, None)
             if entry is None:
-                return
-            conn, client_id, op = entry
-            if conn is None:
-                return  # the monitor's own request (a DNS reply): nothing to route
+                return  # to the monitor's own request (a DNS reply), or one expired or of a client gone
+            conn, client_id, op, _ = entry
+            conn.requests -= 1
             if op in CREATING_OPS:
                 number = _created_process(frame)
                 if number is not None:
@@ -368,16 +450,30 @@ class Monitor:
         if fd == protocol.STDIN:
             raise protocol.ProtocolError(f"the agent sent data on stdin stream {frame.id}")
         window.take(len(frame.payload))
+        if not frame.payload:  # its end: nothing more is taken on it
+            del self.windows[frame.id]
+            self.owed.pop(frame.id, None)
         if owner is not None:
             self._send(owner, protocol.stream(frame.id, frame.payload))
         elif frame.payload:
-            window.grant(len(frame.payload))
-            self._send_agent(protocol.credit(frame.id, len(frame.payload)))
+            self.owed[frame.id] = self.owed.get(frame.id, 0) + len(frame.payload)
 
-    # Docker's embedded DNS, asked in the container's namespace on the guest's behalf.
+    def _repay(self) -> None:
+        """Credit for discarded output goes back to the agent, one frame per stream, only while the
+        agent reads what it is sent: a guest that stops reading gets no more credit, not a longer queue."""
+        if not self.owed or len(self.agent_out) >= MAX_AGENT_BUFFER:
+            return
+        owed, self.owed = self.owed, {}
+        for sid, n in owed.items():
+            self.windows[sid].grant(n)  # a closed or ended stream's debt was dropped with its window
+            self._send_agent(protocol.credit(sid, n))
+
+    # Docker's embedded DNS, asked in the container's namespace on the guest's behalf, only for a
+    # container whose resolv.conf names it. A query past the bounds is dropped: its resolver retries.
 
     def _dns_query(self, query: messages.DnsQuery) -> None:
-        if len(self.dns) >= 256:
+        if (not self.desc.network.dns_relay or len(self.dns) >= MAX_DNS_QUERIES
+                or len(self.agent_out) >= MAX_AGENT_BUFFER):
             return
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
@@ -400,14 +496,12 @@ class Monitor:
         except OSError:
             answer = b""
         sock.close()
-        if answer:
-            reply = messages.DnsReply(query=qid, data=answer)
-            self._send_agent(reply.encode(self._agent_id(None, 0, reply.OP)))
+        if answer and len(self.agent_out) < MAX_AGENT_BUFFER:
+            self._send_agent(messages.DnsReply(query=qid, data=answer).encode(self._new_id()))
 
-    def _expire_dns(self) -> None:
-        now = time.monotonic()
+    def _expire_dns(self, now: float) -> None:
         for fd, (sock, _, sent) in list(self.dns.items()):
-            if now - sent > 10:
+            if now - sent > DNS_SECONDS:
                 del self.dns[fd]
                 self.selector.unregister(sock)
                 sock.close()

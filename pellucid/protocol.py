@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import struct
+from itertools import accumulate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and dataclasses cost a third of a second of the guest's boot under TCG
@@ -34,6 +35,7 @@ MAGIC = b"PL"
 HEADER = struct.Struct("!2sBBII")
 MAX_PAYLOAD = 1 << 20
 MAX_STREAM_CHUNK = 64 * 1024
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects; an OCI config needs about 10
 
 REQUEST = 1
 RESPONSE = 2
@@ -72,12 +74,32 @@ class Frame:
         if self.kind not in JSON_KINDS:
             raise ProtocolError(f"frame kind {self.kind} carries no JSON")
         try:
-            value = json.loads(self.payload)
+            text = self.payload.decode()  # UTF-8 only: json.loads would guess UTF-16 from NUL bytes
+            if nested_too_deep(self.payload):
+                raise ProtocolError(f"JSON payload nested deeper than {MAX_JSON_DEPTH} levels")
+            value = json.loads(text)
         except (UnicodeDecodeError, ValueError) as err:
             raise ProtocolError(f"invalid JSON payload: {err}") from None
         if not isinstance(value, dict):
             raise ProtocolError("JSON payload is not an object")
         return value
+
+
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def nested_too_deep(text: bytes) -> bool:
+    """Whether the arrays and objects of UTF-8 JSON ``text`` nest deeper than MAX_JSON_DEPTH,
+    found without recursion (json.loads recurses once per level: 100,000 ``[`` raise
+    RecursionError). Never below the depth json.loads reaches, even in invalid JSON: it stops at
+    its first error, and up to there strings are delimited as here."""
+    if text.count(b"[") + text.count(b"{") <= MAX_JSON_DEPTH:
+        return False  # too few brackets to nest that deep
+    text = text.replace(b"\\\\", b"").replace(b'\\"', b"")  # the escapes that could hide a quote
+    outside = b"".join(text.split(b'"')[::2])  # the bytes between strings
+    steps = outside.translate(_BRACKETS, _NOT_BRACKETS)
+    return max(accumulate(memoryview(steps).cast("b")), default=0) > MAX_JSON_DEPTH
 
 
 def encode(kind: int, id: int, payload: bytes) -> bytes:

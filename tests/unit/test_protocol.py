@@ -157,3 +157,31 @@ def test_json_encoding_is_compact_and_valid():
     raw = protocol.request(1, "op", {"k": "v"})
     assert json.loads(raw[protocol.HEADER.size:]) == {"op": "op", "args": {"k": "v"}}
     assert b" " not in raw[protocol.HEADER.size:]
+
+
+@pytest.mark.parametrize("payload", [
+    b"[" * 100000,  # the frame that killed the monitor with RecursionError
+    b'{"a":' * 50000 + b"1" + b"}" * 50000,
+    b'{"a":' + b"[" * (protocol.MAX_JSON_DEPTH + 1) + b"]" * (protocol.MAX_JSON_DEPTH + 1) + b"}",
+    b'{"a":"\\\\",' + b'"b":' + b"[" * 100 + b"]" * 100 + b"}",  # an escaped backslash ends no string early
+    b'{"a":"x"' + b"[" * 1000,  # unbalanced and invalid: still refused before json.loads sees it
+])
+def test_json_nested_past_the_limit_is_refused_before_decoding(payload):
+    with pytest.raises(protocol.ProtocolError, match="nested deeper"):
+        protocol.Frame(protocol.EVENT, 0, payload).json()
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"a":' + b"[" * (protocol.MAX_JSON_DEPTH - 1) + b"]" * (protocol.MAX_JSON_DEPTH - 1) + b"}",
+    b'{"a":"' + b"[" * 100000 + b'"}',  # brackets in a string do not nest
+    b'{"a":"\\"' + b"[{" * 1000 + b'"}',  # nor after an escaped quote
+    b'{"a":[' + b"[1]," * 5000 + b"[]]}",  # many, not deep
+])
+def test_json_within_the_limit_is_decoded(payload):
+    assert isinstance(protocol.Frame(protocol.EVENT, 0, payload).json(), dict)
+
+
+def test_json_in_utf16_is_refused_not_guessed():
+    payload = '{"a": 1}'.encode("utf-16-le")
+    with pytest.raises(protocol.ProtocolError, match="invalid JSON"):
+        protocol.Frame(protocol.EVENT, 0, payload).json()
