@@ -3,13 +3,17 @@ multiplexes that channel for the runtime commands and the shims that connect to 
 (the role of Clear Containers' proxy). Requests are forwarded with their ids remapped; a
 process's output and exit go to the connection that created it.
 
-Run as ``python -m pellucid.monitor VM_DIR``; ``VM_DIR/vm.json`` says what to boot. It reports
-readiness (or the boot error) as one JSON line on the file descriptor given by --ready-fd.
+Run as ``python -m pellucid.monitor VM_DIR --ready-fd N``; ``VM_DIR/vm.json`` says what to boot.
+It reports readiness (or the boot error) as one JSON line on that descriptor, then execs
+``python -m pellucid.monitor VM_DIR --serve FD``, a fresh interpreter that adopts QEMU, the agent's
+channel and the listening socket (FD: a memfd holding a MonitorHandoff) and serves the VM's life:
+the boot path's modules (configuration, accelerator probe, templates, QEMU's command line) would
+otherwise stay resident in every VM's monitor. The pid, its start time and QEMU's parent stay
+the same across the exec.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import selectors
 import signal
@@ -18,14 +22,14 @@ import sys
 import time
 
 from . import messages, protocol, sockets
-from .config import load as load_config
 from .errors import PellucidError, VMError
-from .host_messages import MonitorReady, Nic, VMDescription, VMInfo
-from .runtime import netns
-from .vm import accel, cloning, qemu_args
-from .vm.assets import resolve
-from .vm.machine import VM
-from .vm.spec import make_spec
+from .host_messages import MonitorHandoff, MonitorReady, Nic, VMDescription, VMInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .vm import qemu_args
+    from .vm.adopted import AdoptedVM
+    from .vm.machine import VM
 
 SOCKET = "monitor.sock"
 # Backpressure, never a dropped connection: a client is not read from while this much waits for it
@@ -63,7 +67,7 @@ class Monitor:
         self.owners: dict[int, Conn] = {}  # process number -> connection that created it
         self.windows: dict[int, protocol.Window] = {}  # stream id -> its sender's credit, per live process
         self.next_id = 1
-        self.vm: VM | None = None
+        self.vm: VM | AdoptedVM | None = None
         self.info = VMInfo()
         self.running = True
         self.agent_reader: protocol.FrameReader | None = None
@@ -73,6 +77,11 @@ class Monitor:
     # Boot.
 
     def boot(self) -> None:
+        from .config import load as load_config
+        from .vm import accel, cloning, qemu_args
+        from .vm.assets import resolve
+        from .vm.machine import VM
+        from .vm.spec import make_spec
         desc = self.desc
         cfg = load_config(desc.config or None)
         assets = resolve(cfg)
@@ -108,6 +117,7 @@ class Monitor:
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""
+        from .vm import qemu_args
         if nic.device:
             fd = os.open(nic.device, os.O_RDWR)
             self._tap_fds.append(fd)
@@ -422,25 +432,59 @@ def _created_process(frame: protocol.Frame) -> int | None:
         return None
 
 
+def _parse(argv: list[str]) -> tuple[str, str, int]:
+    """VM_DIR --ready-fd N (boot) or VM_DIR --serve N (adopt a booted VM)."""
+    if len(argv) == 3 and argv[1] in ("--ready-fd", "--serve") and argv[2].isdigit():
+        return argv[0], argv[1], int(argv[2])
+    raise SystemExit("usage: python -m pellucid.monitor VM_DIR (--ready-fd N | --serve N)")
+
+
+def _serve_argv(vm_dir: str, fd: int) -> list[str]:
+    """This interpreter with its own flags, as the runtime started it, serving ``vm_dir``."""
+    flags = sys.orig_argv[1:sys.orig_argv.index("-m")] if "-m" in sys.orig_argv else []
+    return [sys.executable, *flags, "-m", "pellucid.monitor", vm_dir, "--serve", str(fd)]
+
+
+def _hand_over(vm: VM, vm_dir: str, listener: socket.socket) -> None:
+    """Exec the serving monitor, handing it QEMU, the agent's channel and ``listener``; returns
+    only by raising."""
+    handoff = vm.hand_over(listener.fileno())
+    fd = os.memfd_create("pellucid-monitor-handoff", 0)  # inherited: no MFD_CLOEXEC
+    os.write(fd, handoff.to_json().encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, _serve_argv(vm_dir, fd))
+
+
+def _adopt(monitor: Monitor, fd: int) -> socket.socket:
+    """The booting monitor's VM and listening socket, from the handoff in memfd ``fd``."""
+    from .vm.adopted import AdoptedVM
+    with os.fdopen(fd, "rb") as f:
+        handoff = MonitorHandoff.from_json(f.read(1 << 20))
+    monitor.vm = AdoptedVM(handoff)
+    return socket.socket(fileno=handoff.listener_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pellucid-monitor")
-    p.add_argument("vm_dir")
-    p.add_argument("--ready-fd", type=int, required=True)
-    args = p.parse_args(argv)
+    vm_dir, mode, fd = _parse(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    ready = os.fdopen(args.ready_fd, "w")
+    if mode == "--serve":
+        return _serve(vm_dir, fd)
+    ready = os.fdopen(fd, "w")
     try:
-        monitor = Monitor(args.vm_dir)
+        monitor = Monitor(vm_dir)
     except (PellucidError, OSError) as err:
         ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
         ready.close()
         return 1
-    path = os.path.join(args.vm_dir, SOCKET)
+    path = os.path.join(vm_dir, SOCKET)
     try:
         try:
             if monitor.desc.netns:
+                from .runtime import netns
                 netns.enter(monitor.desc.netns)  # QEMU and its taps live in the container's namespace
             monitor.boot()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -453,14 +497,30 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         ready.write(MonitorReady(ok=True, info=monitor.info).to_json() + "\n")
         ready.close()
+        assert monitor.vm is not None
+        _hand_over(monitor.vm, vm_dir, listener)  # type: ignore[arg-type]  # booted: a VM
+        return 1
+    finally:  # reached only when the boot or the exec failed
+        monitor.close()
+        _unlink(path)
+
+
+def _serve(vm_dir: str, fd: int) -> int:
+    monitor = Monitor(vm_dir)
+    try:
+        listener = _adopt(monitor, fd)
         monitor.serve(listener)
         return 0
     finally:
         monitor.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        _unlink(os.path.join(vm_dir, SOCKET))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ from .agent_client import AgentClient
 from .qemu_args import VMSpec, build_argv
 from .qmp import QMP
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..host_messages import MonitorHandoff
+
 PR_SET_PDEATHSIG = 1
 LOG_TAIL = 4096
 
@@ -154,6 +158,23 @@ class VM:
             if self._qmp_sock is not None:
                 self._qmp_sock.close()
             self.state = State.STOPPED
+
+    def hand_over(self, listener_fd: int) -> MonitorHandoff:
+        """Make QEMU's channels (and the monitor's ``listener_fd``) survive an exec and describe
+        them for the process that adopts them (pellucid.vm.adopted). This object must not be used
+        after: the adopter owns QEMU."""
+        from ..host_messages import MonitorHandoff
+        assert self.proc is not None and self.agent is not None and self._qmp_sock is not None
+        # A partial frame the agent client read past its last response: the reader's own buffer
+        # (read here rather than by a new method in protocol.py, which the guest image carries).
+        agent_pending = bytes(self.agent.reader._buf)
+        for fd in (self.agent.sock.fileno(), self._qmp_sock.fileno(), listener_fd):
+            os.set_inheritable(fd, True)
+        return MonitorHandoff(qemu_pid=self.proc.pid, qemu_start=self._start_time,
+                              agent_fd=self.agent.sock.fileno(), qmp_fd=self._qmp_sock.fileno(),
+                              listener_fd=listener_fd, agent_pending=agent_pending.hex(),
+                              qmp_pending=self.qmp.pending.hex() if self.qmp else "",
+                              qmp_ready=self.qmp is not None)
 
     def __enter__(self) -> "VM":
         self.start()
