@@ -113,15 +113,15 @@ def cost(store: Store, id: str, host: Host | None = None, proc: Proc | None = No
         raise ContainerError("container not running")
     owner = store.load(st.sandbox) if st.sandbox else st  # a retired sandbox still holds the VM
     processes = _vm_processes(proc, store, owner)
+    rollups = {p["pid"]: proc.rollup(p["pid"]) or {} for p in processes}  # one read each: the kinds add up
     for p in processes:
-        roll = proc.rollup(p["pid"]) or {}
-        p["pss"], p["rss"] = roll.get("Pss", 0), roll.get("Rss", 0)
+        p["pss"], p["rss"] = rollups[p["pid"]].get("Pss", 0), rollups[p["pid"]].get("Rss", 0)
     qemu = next((p for p in processes if p["role"] == "qemu"), None)
     if qemu is None:
         raise ContainerError("container not running: its VM is gone or stopping")
     backends = backend_paths(proc.cmdline(qemu["pid"]))
     ram, image = backends.get(RAM_BACKEND, ""), backends.get(IMAGE_BACKEND, "")
-    kinds = _kinds(proc.mappings(qemu["pid"]), proc.rollup(qemu["pid"]) or {}, ram, image,
+    kinds = _kinds(proc.mappings(qemu["pid"]), rollups[qemu["pid"]], ram, image,
                    owner.vm.memory_mib << 20)
     return {
         "id": id, "vm": {"owner": owner.id, "qemu_pid": qemu["pid"], "accelerator": owner.vm.accelerator,
