@@ -264,6 +264,7 @@ def format_cost(r: dict) -> str:
               f"  {'guest RAM this VM wrote':<28} {_mib(q['guest_ram']):>8}",
               f"  {'template pages (shared)':<28} {_mib(q['template']):>8}  (RSS {_mib(q['template_rss'])})",
               f"  {'root image (shared, DAX)':<28} {_mib(q['root_image']):>8}  (RSS {_mib(q['root_image_rss'])})",
+              f"  {'guest kernel (shared)':<28} {_mib(q['kernel']):>8}",
               f"  {'TCG code cache':<28} {_mib(q['code_cache']):>8}",
               f"  {'QEMU itself':<28} {_mib(q['qemu']):>8}"]
     mem = r["guest"]["memory"]

@@ -1,7 +1,7 @@
 """What a container's VM costs the host (``pellucid stats``): the PSS of every host process of
 the VM (QEMU, its monitor, the shims of its containers' processes), QEMU's PSS by kind (guest RAM
-this VM wrote, its share of the template's pages and of the root image, TCG's code cache, QEMU
-itself), the guest's own view of the container's memory (``events --stats``'s source), and the
+this VM wrote, its share of the template's pages, of the root image and of the kernel a cold
+boot keeps mapped, TCG's code cache, QEMU itself; a clone's kernel is in the template's pages), the guest's own view of the container's memory (``events --stats``'s source), and the
 template's pages that are resident on the host but mapped by no process, which appear in no
 process's PSS: with them counted once, the figures add up to what the host spends.
 
@@ -40,6 +40,11 @@ def backend_paths(qemu_argv: list[str]) -> dict[str, str]:
     return paths
 
 
+def kernel_path(qemu_argv: list[str]) -> str:
+    """The guest kernel QEMU loaded (``-kernel``): a cold boot keeps it mapped, shared between VMs."""
+    return next((value for flag, value in zip(qemu_argv, qemu_argv[1:]) if flag == "-kernel"), "")
+
+
 def _vm_processes(proc: Proc, store: Store, owner: ContainerState) -> list[dict[str, Any]]:
     """Every live host process of ``owner``'s VM, with its role: the monitor, QEMU (the monitor's
     child), each container's init shim, and whatever else is in the VM's host cgroup (exec shims)."""
@@ -65,9 +70,10 @@ def _vm_processes(proc: Proc, store: Store, owner: ContainerState) -> list[dict[
     return sorted(found.values(), key=lambda p: ("qemu", "monitor", "shim", "other").index(p["role"]))
 
 
-def _kinds(maps: list[Mapping], rollup: dict[str, int], ram: str, image: str, memory: int) -> dict[str, int]:
+def _kinds(maps: list[Mapping], rollup: dict[str, int], ram: str, image: str, kernel: str,
+           memory: int) -> dict[str, int]:
     """QEMU's PSS by kind, in bytes; "qemu" is the rest (its own heap, libraries, device state)."""
-    kinds = {"guest_ram": 0, "template": 0, "root_image": 0, "code_cache": 0}
+    kinds = {"guest_ram": 0, "template": 0, "root_image": 0, "kernel": 0, "code_cache": 0}
     rss = {"template": 0, "root_image": 0}
     for m in maps:
         if ram and m.path == ram:
@@ -79,6 +85,8 @@ def _kinds(maps: list[Mapping], rollup: dict[str, int], ram: str, image: str, me
         elif image and m.path == image:
             kinds["root_image"] += m.get("Pss")
             rss["root_image"] += m.get("Rss")
+        elif kernel and m.path == kernel:
+            kinds["kernel"] += m.get("Pss")
         elif not m.path and not ram and m.size == memory:
             kinds["guest_ram"] += m.get("Pss")  # a cold boot's anonymous guest RAM
         elif not m.path and "x" in m.perms:
@@ -119,9 +127,10 @@ def cost(store: Store, id: str, host: Host | None = None, proc: Proc | None = No
     qemu = next((p for p in processes if p["role"] == "qemu"), None)
     if qemu is None:
         raise ContainerError("container not running: its VM is gone or stopping")
-    backends = backend_paths(proc.cmdline(qemu["pid"]))
+    argv = proc.cmdline(qemu["pid"])
+    backends = backend_paths(argv)
     ram, image = backends.get(RAM_BACKEND, ""), backends.get(IMAGE_BACKEND, "")
-    kinds = _kinds(proc.mappings(qemu["pid"]), rollups[qemu["pid"]], ram, image,
+    kinds = _kinds(proc.mappings(qemu["pid"]), rollups[qemu["pid"]], ram, image, kernel_path(argv),
                    owner.vm.memory_mib << 20)
     return {
         "id": id, "vm": {"owner": owner.id, "qemu_pid": qemu["pid"], "accelerator": owner.vm.accelerator,

@@ -44,7 +44,7 @@ def test_stats_of_a_running_container(runtime, make_bundle, tmp_path):
     # Step 3: QEMU's PSS by kind adds up to its PSS; a clone shares the template's pages.
     q = r["qemu"]
     qemu_pss = next(p["pss"] for p in r["processes"] if p["role"] == "qemu")
-    assert q["guest_ram"] + q["template"] + q["root_image"] + q["code_cache"] + q["qemu"] == qemu_pss
+    assert q["guest_ram"] + q["template"] + q["root_image"] + q["kernel"] + q["code_cache"] + q["qemu"] == qemu_pss
     assert q["root_image"] > 0 and q["guest_ram"] > 0
     if TEMPLATES:
         assert r["vm"]["template"] and q["template"] > 0

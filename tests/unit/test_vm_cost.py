@@ -134,9 +134,11 @@ def test_a_cold_boot_has_anonymous_guest_ram_and_no_template(world, tmp_path):
     store, host, proc, fake, _ = world
     qemu = tmp_path / "proc" / str(QEMU)
     (qemu / "cmdline").write_bytes(b"\0".join(a.encode() for a in qemu_argv("", "/img")) + b"\0")
-    (qemu / "smaps").write_text(mapping(0x7f0000000000, 256 * MiB, "rw-p", "", Rss=40 * MiB, Pss=40 * MiB))
+    (qemu / "smaps").write_text(mapping(0x7f0000000000, 256 * MiB, "rw-p", "", Rss=40 * MiB, Pss=40 * MiB)
+                                + mapping(0x7f1000000000, 20 * MiB, "r--p", "/assets/vmlinux", Rss=12 * MiB, Pss=4 * MiB))
     r = cost(store, "c1", host, proc)
-    assert r["qemu"]["guest_ram"] == 40 * MiB and r["qemu"]["template"] == 0 and r["template"] is None
+    assert r["qemu"]["guest_ram"] == 40 * MiB and r["qemu"]["kernel"] == 4 * MiB
+    assert r["qemu"]["template"] == 0 and r["template"] is None
 
 
 def test_a_reused_pid_is_not_charged(world, tmp_path):
