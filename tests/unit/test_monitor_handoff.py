@@ -121,3 +121,16 @@ def test_the_serving_monitor_runs_with_the_interpreter_flags_it_was_started_with
 def test_the_monitor_refuses_a_command_line_it_does_not_know(argv):
     with pytest.raises(SystemExit, match="usage"):
         monitor._parse(argv)
+
+
+@pytest.mark.parametrize("module", ["pellucid.monitor", "pellucid.shim", "pellucid.vm.adopted"])
+def test_what_serves_a_vm_for_its_life_loads_no_boot_path(module):
+    """The serving monitor and the shim stay resident for as long as the VM: the boot path's
+    modules (configuration, templates, QEMU's command line) and typing stay out of them."""
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                 .stdout.split())
+    heavy = {"typing", "argparse", "dataclasses", "tomllib", "hashlib", "subprocess", "pellucid.config",
+             "pellucid.vm.template", "pellucid.vm.cloning", "pellucid.vm.qemu_args", "pellucid.vm.machine"}
+    assert not loaded & heavy
