@@ -278,7 +278,7 @@ def format_cost(r: dict) -> str:
         else:
             lines.append(f"host-wide, once per template (in no process's PSS): {_mib(t['unmapped'])} MiB of the "
                          f"template's {_mib(t['resident'])} MiB resident are mapped by no process "
-                         f"({t['mappers']} clones map it)")
+                         f"({t['mappers']} {'process maps' if t['mappers'] == 1 else 'processes map'} it)")
     return "\n".join(lines) + "\n"
 
 

@@ -188,4 +188,4 @@ def test_the_table_shows_each_figure_in_mib(world):
     assert "  total                            85.0" in text
     assert "  template pages (shared)           3.0  (RSS 14.0)" in text
     assert "guest's view of the container: usage 1.0 MiB" in text
-    assert "are mapped by no process (2 clones map it)" in text
+    assert "are mapped by no process (2 processes map it)" in text
