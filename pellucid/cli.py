@@ -71,6 +71,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
     "resume": ("container", "resume", ("id",), {}, False, "resume a paused container"),
     "events": ("container", "events", ("id",), {"--stats": ("stats", BOOL, False), "--interval": ("interval", VALUE, "5s")},
                False, "print a container's stats as events"),
+    "stats": ("container", "stats", ("id",), _JSON, False,
+              "what a container's VM costs the host (PSS of its processes, shared pages) and what the guest sees"),
     "update": ("container", "update", ("id",), {
         "--resources": ("resources", VALUE, ""), "-r": ("resources", VALUE, ""),
         **{f"--{name}": (name.replace("-", "_"), VALUE, None) for name in (

@@ -108,6 +108,24 @@ class MonitorReady(Record):
     __slots__ = tuple(FIELDS)
 
 
+class MonitorHandoff(Record):
+    """What the booting monitor hands the serving one it execs into (pellucid.monitor): the open
+    descriptors it inherits, QEMU's pid and start time, and the bytes already read from the agent
+    and from QMP that are not yet a whole message (hex). ``qmp_ready``: capabilities negotiated."""
+
+    FIELDS = {"qemu_pid": int, "qemu_start": int, "agent_fd": int, "qmp_fd": int, "listener_fd": int,
+              "agent_pending": str, "qmp_pending": str, "qmp_ready": bool}
+    REQUIRED = ("qemu_pid", "qemu_start", "agent_fd", "qmp_fd", "listener_fd")
+    __slots__ = tuple(FIELDS)
+
+    def _check(self) -> None:
+        for name in ("agent_pending", "qmp_pending"):
+            try:
+                bytes.fromhex(getattr(self, name))
+            except ValueError:
+                raise ValueError(f"field {name!r} is not hex") from None
+
+
 class ShimRequest(Record):
     """What a shim is to do: send ``op`` (create_container or exec_process) with ``args`` to the
     monitor at ``monitor``, then relay; with ``console_socket``, its terminal's master goes there.

@@ -4,14 +4,18 @@ multiplexes that channel for the runtime commands and the shims that connect to 
 process's output and exit go to the connection that created it.
 
 Run as ``python -m pellucid.monitor VM_DIR --go-fd G --ready-fd R`` (pellucid.runtime.sandbox):
-started early, it loads while its caller prepares the network, then waits for "go" on G, reads
-``VM_DIR/vm.json`` (what to boot) and boots; EOF on G instead means its caller gave up. It
-reports readiness (or the boot error) as one JSON line on R.
+started early, it loads the boot path while its caller prepares the network, then waits for "go"
+on G, reads ``VM_DIR/vm.json`` (what to boot) and boots; EOF on G instead means its caller gave up.
+It reports readiness (or the boot error) as one JSON line on R, then execs
+``python -m pellucid.monitor VM_DIR --serve FD``, a fresh interpreter that adopts QEMU, the agent's
+channel and the listening socket (FD: a memfd holding a MonitorHandoff) and serves the VM's life:
+the boot path's modules (configuration, accelerator probe, templates, QEMU's command line) would
+otherwise stay resident in every VM's monitor. The pid, its start time and QEMU's parent stay
+the same across the exec.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import selectors
 import signal
@@ -20,14 +24,14 @@ import sys
 import time
 
 from . import messages, protocol, sockets, timeline
-from .config import load as load_config
 from .errors import PellucidError, VMError
-from .host_messages import MONITOR_GO, MonitorReady, Nic, VMDescription, VMInfo
-from .runtime import netns
-from .vm import accel, cloning, qemu_args
-from .vm.assets import resolve
-from .vm.machine import VM, BootTimeline
-from .vm.spec import make_spec
+from .host_messages import MONITOR_GO, MonitorHandoff, MonitorReady, Nic, VMDescription, VMInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .vm import qemu_args
+    from .vm.adopted import AdoptedVM
+    from .vm.machine import VM, BootTimeline
 
 SOCKET = "monitor.sock"
 # Every buffer is bounded, by backpressure, never by a dropped connection: a client is not read
@@ -78,7 +82,7 @@ class Monitor:
         self.blocked = False  # whether the agent was behind at the end of the last turn: no client is read
         self.next_sweep = 0.0
         self.next_id = 1
-        self.vm: VM | None = None
+        self.vm: VM | AdoptedVM | None = None
         self.info = VMInfo()
         self.running = True
         self.agent_reader: protocol.FrameReader | None = None
@@ -88,6 +92,11 @@ class Monitor:
     # Boot.
 
     def boot(self) -> None:
+        from .config import load as load_config
+        from .vm import accel, cloning, qemu_args
+        from .vm.assets import resolve
+        from .vm.machine import VM
+        from .vm.spec import make_spec
         desc = self.desc
         prepare = timeline.now()
         cfg = load_config(desc.config or None)
@@ -128,6 +137,7 @@ class Monitor:
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""
+        from .vm import qemu_args
         if nic.device:
             fd = os.open(nic.device, os.O_RDWR)
             self._tap_fds.append(fd)
@@ -539,34 +549,81 @@ def _created_process(frame: protocol.Frame) -> int | None:
         return None
 
 
+def _parse(argv: list[str]) -> tuple[str, str, tuple[int, ...]]:
+    """VM_DIR --go-fd G --ready-fd R (boot) or VM_DIR --serve N (adopt a booted VM)."""
+    if len(argv) == 5 and argv[1] == "--go-fd" and argv[3] == "--ready-fd" and argv[2].isdigit() \
+            and argv[4].isdigit():
+        return argv[0], "--boot", (int(argv[2]), int(argv[4]))
+    if len(argv) == 3 and argv[1] == "--serve" and argv[2].isdigit():
+        return argv[0], "--serve", (int(argv[2]),)
+    raise SystemExit("usage: python -m pellucid.monitor VM_DIR (--go-fd G --ready-fd R | --serve N)")
+
+
+def _load_boot_path() -> None:
+    """Import what boot() needs now, while the caller still prepares the network (the serving
+    monitor, a fresh interpreter, never loads them)."""
+    import importlib
+    for name in (".config", ".runtime.netns", ".vm.accel", ".vm.assets", ".vm.cloning", ".vm.machine",
+                 ".vm.qemu_args", ".vm.spec"):
+        importlib.import_module(name, __package__)
+
+
+def _serve_argv(vm_dir: str, fd: int) -> list[str]:
+    """This interpreter with its own flags, as the runtime started it, serving ``vm_dir``."""
+    flags = sys.orig_argv[1:sys.orig_argv.index("-m")] if "-m" in sys.orig_argv else []
+    return [sys.executable, *flags, "-m", "pellucid.monitor", vm_dir, "--serve", str(fd)]
+
+
+def _hand_over(vm: VM, vm_dir: str, listener: socket.socket) -> None:
+    """Exec the serving monitor, handing it QEMU, the agent's channel and ``listener``; returns
+    only by raising."""
+    handoff = vm.hand_over(listener.fileno())
+    fd = os.memfd_create("pellucid-monitor-handoff", 0)  # inherited: no MFD_CLOEXEC
+    os.write(fd, handoff.to_json().encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, _serve_argv(vm_dir, fd))
+
+
+def _adopt(monitor: Monitor, fd: int) -> socket.socket:
+    """The booting monitor's VM and listening socket, from the handoff in memfd ``fd``."""
+    from .vm.adopted import AdoptedVM
+    with os.fdopen(fd, "rb") as f:
+        handoff = MonitorHandoff.from_json(f.read(1 << 20))
+    monitor.vm = AdoptedVM(handoff)
+    return socket.socket(fileno=handoff.listener_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pellucid-monitor")
-    p.add_argument("vm_dir")
-    p.add_argument("--go-fd", type=int, required=True)
-    p.add_argument("--ready-fd", type=int, required=True)
-    args = p.parse_args(argv)
-    timeline.begin("monitor")
+    vm_dir, mode, fds = _parse(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if mode == "--serve":
+        return _serve(vm_dir, fds[0])
+    timeline.begin("monitor")
+    _load_boot_path()  # while the caller prepares the network
+    go_fd, ready_fd = fds
     waiting = timeline.now()
-    with os.fdopen(args.go_fd, "rb") as go:
+    with os.fdopen(go_fd, "rb") as go:
         if go.readline(16) != MONITOR_GO:
             return 0  # the command that started us gave up before the VM was described
     timeline.span("wait for go (the network)", waiting)
-    ready = os.fdopen(args.ready_fd, "w")
+    ready = os.fdopen(ready_fd, "w")
     try:
-        monitor = Monitor(args.vm_dir)
+        monitor = Monitor(vm_dir)
         timeline.set_id(monitor.desc.id)
     except (PellucidError, OSError) as err:
         ready.write(MonitorReady(ok=False, error=str(err)).to_json() + "\n")
         ready.close()
         return 1
-    path = os.path.join(args.vm_dir, SOCKET)
+    path = os.path.join(vm_dir, SOCKET)
     ours = None
     try:
         try:
             if monitor.desc.netns:
+                from .runtime import netns
                 netns.enter(monitor.desc.netns)  # QEMU and its taps live in the container's namespace
             monitor.boot()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -581,11 +638,32 @@ def main(argv: list[str] | None = None) -> int:
         ready.write(MonitorReady(ok=True, info=monitor.info).to_json() + "\n")
         ready.close()
         timeline.span("VM ready (reported)", timeline.now())
+        assert monitor.vm is not None
+        _hand_over(monitor.vm, vm_dir, listener)  # type: ignore[arg-type]  # booted: a VM
+        return 1
+    finally:  # reached only when the boot or the exec failed
+        monitor.close()
+        _unlink_if(path, ours)
+
+
+def _serve(vm_dir: str, fd: int) -> int:
+    path = os.path.join(vm_dir, SOCKET)
+    ours = _stat(path)  # ours at the hand-over; it may be replaced once our container is deleted
+    monitor = Monitor(vm_dir)
+    try:
+        listener = _adopt(monitor, fd)
         monitor.serve(listener)
         return 0
     finally:
         monitor.close()
         _unlink_if(path, ours)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def _unlink_if(path: str, ours: os.stat_result | None) -> None:

@@ -22,11 +22,14 @@ import termios
 import threading
 import time
 import tty
-from typing import Any
 
 from . import messages, protocol, sockets, timeline
 from .host_messages import ShimReady, ShimRequest
 from .vm.agent_client import parse_result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP, signal.SIGALRM)

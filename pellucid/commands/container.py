@@ -244,6 +244,53 @@ def events(args: Args) -> int:
         time.sleep(interval)
 
 
+def stats(args: Args) -> int:
+    from ..runtime.vm_cost import cost
+    report = cost(_store(args), args.id)
+    if args.json:
+        _print_json(report)
+    else:
+        sys.stdout.write(format_cost(report))
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f}"
+
+
+def format_cost(r: dict) -> str:
+    """``pellucid stats`` as a table, in MiB."""
+    vm, q = r["vm"], r["qemu"]
+    made = f"clone of template {vm['template']}" if vm["template"] else "cold boot"
+    lines = [f"container {r['id']}: VM of {vm['owner']} ({vm['accelerator']}, {vm['vcpus']} vCPU, "
+             f"{vm['memory_mib']} MiB, {made})",
+             "host processes of the VM        PSS MiB   RSS MiB"]
+    for p in r["processes"]:
+        who = f"{p['role']} {p['pid']}" + (f" ({p['container']})" if p["container"] else "")
+        lines.append(f"  {who:<28} {_mib(p['pss']):>8}  {_mib(p['rss']):>8}")
+    lines.append(f"  {'total':<28} {_mib(r['total_pss']):>8}")
+    lines += ["QEMU's PSS by kind              PSS MiB",
+              f"  {'guest RAM this VM wrote':<28} {_mib(q['guest_ram']):>8}",
+              f"  {'template pages (shared)':<28} {_mib(q['template']):>8}  (RSS {_mib(q['template_rss'])})",
+              f"  {'root image (shared, DAX)':<28} {_mib(q['root_image']):>8}  (RSS {_mib(q['root_image_rss'])})",
+              f"  {'guest kernel (shared)':<28} {_mib(q['kernel']):>8}",
+              f"  {'TCG code cache':<28} {_mib(q['code_cache']):>8}",
+              f"  {'QEMU itself':<28} {_mib(q['qemu']):>8}"]
+    mem = r["guest"]["memory"]
+    usage, limit = mem["usage"], mem["usage"]["limit"]
+    lines.append(f"guest's view of the container: usage {_mib(usage['usage'])} MiB, peak {_mib(usage['max'])} MiB, "
+                 f"cache {_mib(mem['cache'])} MiB, limit {_mib(limit) + ' MiB' if limit else 'none'}")
+    t = r["template"]
+    if t is not None:
+        if "error" in t:
+            lines.append(f"template: {t['error']}")
+        else:
+            lines.append(f"host-wide, once per template (in no process's PSS): {_mib(t['unmapped'])} MiB of the "
+                         f"template's {_mib(t['resident'])} MiB resident are mapped by no process "
+                         f"({t['mappers']} {'process maps' if t['mappers'] == 1 else 'processes map'} it)")
+    return "\n".join(lines) + "\n"
+
+
 def _size(flag: str, value: str) -> int:
     """Bytes from "512m", "1g", "1048576" (or -1: unlimited), as runc update takes them."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

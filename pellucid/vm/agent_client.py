@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Callable
 
 from .. import messages, protocol
 from ..errors import AgentError, VMError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 
 class AgentClient:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any
 
 from ..errors import VMError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_LINE = 1 << 20
 
@@ -22,6 +25,19 @@ class QMP:
         if "QMP" not in greeting:
             raise VMError("QMP: no greeting from QEMU")
         self.execute("qmp_capabilities")
+
+    @classmethod
+    def adopt(cls, sock: socket.socket, pending: bytes = b"", timeout: float = 10.0) -> QMP:
+        """A client for a QMP connection another client negotiated (``pending``: what it had read
+        past its last message), as the monitor hands it over when it execs."""
+        qmp = cls.__new__(cls)
+        qmp.sock, qmp.timeout, qmp._buf, qmp.events = sock, timeout, pending, []
+        return qmp
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes read that are not yet a whole message."""
+        return self._buf
 
     def _read(self, deadline: float | None = None) -> dict[str, Any]:
         deadline = deadline or time.monotonic() + self.timeout

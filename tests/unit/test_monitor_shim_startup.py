@@ -127,13 +127,14 @@ def test_shim_checks_its_request(tmp_path):
 def boot_fake(tmp_path, monkeypatch):
     """boot_fake(templates, clone) -> (monitor, the VMs made): the monitor boots vm.json's VM (2 vCPUs,
     384 MiB, a share, a NIC) on fake VMs; ``clone`` stands for pellucid.vm.cloning.start."""
-    from pellucid import monitor as monitor_mod
     from pellucid.host_messages import Address, Network, Share
+    from pellucid.vm import assets, cloning, machine
     from pellucid.vm.assets import Assets
     from tests.fakes import FakeVM
-    monkeypatch.setattr(monitor_mod, "resolve", lambda cfg: Assets("/k", "/i", 1 << 20, "6.1", "k", "i"))
+    # The monitor imports its boot path when it boots (it must not stay resident): patch it at its source.
+    monkeypatch.setattr(assets, "resolve", lambda cfg: Assets("/k", "/i", 1 << 20, "6.1", "k", "i"))
     vms: list[FakeVM] = []
-    monkeypatch.setattr(monitor_mod, "VM", lambda spec, workdir: vms.append(FakeVM(spec, workdir)) or vms[-1])
+    monkeypatch.setattr(machine, "VM", lambda spec, workdir: vms.append(FakeVM(spec, workdir)) or vms[-1])
     nic = Nic(name="eth0", index=2, mac="02:42:a9:fe:4d:02", mtu=1450, tap="pltap0",
               addresses=[Address(family=4, address="169.254.77.2", prefixlen=24)])
 
@@ -142,7 +143,7 @@ def boot_fake(tmp_path, monkeypatch):
         config.write_text(f'[hypervisor]\naccelerator = "tcg"\nmachine = "q35"\ntemplates = {str(templates).lower()}\n'
                           f'template_dir = "{tmp_path}/templates"\n')
         if clone is not None:
-            monkeypatch.setattr(monitor_mod.cloning, "start", lambda cfg, spec, workdir: clone(spec, workdir, vms))
+            monkeypatch.setattr(cloning, "start", lambda cfg, spec, workdir: clone(spec, workdir, vms))
         desc = VMDescription(id="c1", config=str(config), vcpus=2, memory_mib=384,
                              shares=[Share(tag="sandbox", path="/s")], network=Network(nics=[nic], dns_relay=True))
         (tmp_path / "vm.json").write_text(desc.to_json())
