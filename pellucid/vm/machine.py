@@ -3,10 +3,8 @@ never left behind (it dies with its parent too)."""
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -15,16 +13,11 @@ from dataclasses import dataclass, replace
 from .. import messages, procs, protocol
 from ..errors import AgentError, VMError
 from .agent_client import AgentClient
+from .confine import Confinement
 from .qemu_args import VMSpec, build_argv
 from .qmp import QMP
 
-PR_SET_PDEATHSIG = 1
 LOG_TAIL = 4096
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: QEMU gets SIGKILL when its parent goes away.
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class State(enum.Enum):
@@ -76,12 +69,13 @@ class VM:
                        pidfile=os.path.join(self.workdir, "qemu.pid"))
         argv = build_argv(spec)
         try:
+            confinement = Confinement()  # QEMU dies with its parent, and runs confined (vm.confine)
             with open(self.log_path, "ab") as log:
                 self._started = time.monotonic()
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                              pass_fds=(agent_qemu.fileno(), qmp_qemu.fileno(),
                                                        *(n.fd for n in spec.nics if n.fd >= 0)),
-                                             preexec_fn=_die_with_parent)
+                                             preexec_fn=confinement.apply)
         except OSError as err:
             agent_host.close()
             qmp_host.close()

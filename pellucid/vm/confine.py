@@ -1,0 +1,275 @@
+"""QEMU's confinement, applied in the child between fork and exec (all of it inherited by QEMU):
+
+* only the capabilities QEMU needs (:data:`KEEP`): 9p ``passthrough`` runs guest root's file
+  operations on the host, so it keeps what that takes (chown to the guest's ids, DAC and owner
+  overrides) and nothing else: no CAP_MKNOD (no device nodes on the host), no CAP_SETFCAP (no file
+  capabilities), no CAP_FSETID, no CAP_DAC_READ_SEARCH (no ``open_by_handle_at``), no CAP_SYS_ADMIN.
+  The bounding set, the ambient set and the inheritable set are emptied of the rest, so that the
+  exec of QEMU as root gives it these and no more;
+* no setuid file: a seccomp filter (classic BPF, :func:`program`) refuses every syscall that would
+  give a file the setuid bit (the chmod family, and open/creat/mknod with it in the mode). A file's
+  owner may set it without any capability, so capabilities alone cannot stop the guest's root from
+  making a setuid-root file on a host volume; the filter can. It also refuses ``openat2`` (its mode
+  is behind a pointer; callers fall back to ``openat``), ``io_uring_setup`` (io_uring's operations
+  pass no seccomp check; QEMU falls back to epoll) and, on x86-64, the x32 ABI;
+* no setgid file: QEMU runs in a group that grants nothing (:func:`qemu_gid`, the kernel's overflow
+  group, "nogroup"), with no supplementary groups and without CAP_FSETID, so the kernel itself
+  drops the setgid bit from every chmod and create whose file is not of that group, whatever the
+  guest asks. (The filter cannot do this: QEMU chmods every directory it makes with the mode the
+  guest sent, which carries setgid under a setgid parent, and refusing that would refuse mkdir
+  there. The cost: a directory made through 9p under a setgid one does not inherit the bit itself;
+  its group, which the guest sends, is still the parent's);
+* no new privileges (no setuid or file-capability gain on any later exec).
+
+QEMU's own ``-sandbox`` (qemu_args) is installed on top of this by QEMU itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import signal
+import struct
+
+# Capabilities (linux/capability.h).
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+CAP_FOWNER = 3
+CAP_FSETID = 4
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SETPCAP = 8
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_MKNOD = 27
+CAP_SETFCAP = 31
+
+#: what QEMU keeps: 9p passthrough creates files as root, then chowns them to the guest's ids
+#: (CHOWN); it reads, writes and lists files whatever their owner and mode (DAC_OVERRIDE); it
+#: chmods, utimes and sets xattrs and ACLs on files it does not own (FOWNER). Taps are opened by
+#: name as root (a tap with no owner needs no CAP_NET_ADMIN to attach), /dev/kvm and /dev/net/tun
+#: are root's: neither needs a capability.
+KEEP = frozenset((CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER))
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# Classic BPF (linux/filter.h, linux/seccomp.h, linux/audit.h).
+BPF_LD_W_ABS = 0x20
+BPF_JEQ_K = 0x15
+BPF_JGE_K = 0x35
+BPF_JSET_K = 0x45
+BPF_RET_K = 0x06
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+X32_SYSCALL_BIT = 0x40000000
+OFFSET_NR = 0
+OFFSET_ARCH = 4
+
+S_ISUID = 0o4000
+#: open flags under which the mode argument is used (O_CREAT, __O_TMPFILE; the same on x86-64 and arm64)
+O_CREATING = 0o100 | 0o20000000
+
+
+class Rule:
+    """A syscall whose ``mode`` argument (index) may carry setuid; with ``flags`` (index) only when
+    those flags create a file."""
+
+    __slots__ = ("nr", "mode", "flags")
+
+    def __init__(self, nr: int, mode: int, flags: int = -1) -> None:
+        self.nr, self.mode, self.flags = nr, mode, flags
+
+
+class Arch:
+    def __init__(self, audit: int, mode_rules: tuple[Rule, ...], enosys: tuple[int, ...], x32: bool) -> None:
+        self.audit, self.mode_rules, self.enosys, self.x32 = audit, mode_rules, enosys, x32
+
+
+ARCHES = {
+    "x86_64": Arch(AUDIT_ARCH_X86_64, (
+        Rule(2, mode=2, flags=1),     # open
+        Rule(85, mode=1),             # creat
+        Rule(133, mode=1),            # mknod
+        Rule(90, mode=1),             # chmod
+        Rule(91, mode=1),             # fchmod
+        Rule(257, mode=3, flags=2),   # openat
+        Rule(259, mode=2),            # mknodat
+        Rule(268, mode=2),            # fchmodat
+        Rule(452, mode=2),            # fchmodat2
+    ), enosys=(437, 425), x32=True),  # openat2, io_uring_setup
+    "aarch64": Arch(AUDIT_ARCH_AARCH64, (
+        Rule(56, mode=3, flags=2),    # openat
+        Rule(33, mode=2),             # mknodat
+        Rule(52, mode=1),             # fchmod
+        Rule(53, mode=2),             # fchmodat
+        Rule(452, mode=2),            # fchmodat2
+    ), enosys=(437, 425), x32=False),
+}
+
+
+def _arg(i: int) -> int:
+    """Offset of syscall argument ``i``'s low 32 bits in struct seccomp_data (little-endian)."""
+    return 16 + 8 * i
+
+
+def program(arch: Arch) -> list[tuple[int, int, int, int]]:
+    """The filter as (code, jt, jf, k) instructions: another ABI, the x32 ABI and a setuid mode
+    get EPERM; the syscalls in ``arch.enosys`` ENOSYS; everything else is allowed."""
+    deny = SECCOMP_RET_ERRNO | errno.EPERM
+    out: list[tuple[int, object, object, int]] = [(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
+                                                  (BPF_JEQ_K, 0, "deny", arch.audit),
+                                                  (BPF_LD_W_ABS, 0, 0, OFFSET_NR)]
+    if arch.x32:
+        out.append((BPF_JGE_K, "deny", 0, X32_SYSCALL_BIT))
+    for nr in arch.enosys:
+        out.append((BPF_JEQ_K, "enosys", 0, nr))
+    for i, rule in enumerate(arch.mode_rules):
+        skip = f"rule{i + 1}"
+        out.append((BPF_JEQ_K, 0, skip, rule.nr))
+        if rule.flags >= 0:
+            out += [(BPF_LD_W_ABS, 0, 0, _arg(rule.flags)), (BPF_JSET_K, 0, "allow", O_CREATING)]
+        out += [(BPF_LD_W_ABS, 0, 0, _arg(rule.mode)), (BPF_JSET_K, "deny", "allow", S_ISUID)]
+        out.append((f"rule{i + 1}",))  # type: ignore[arg-type]
+    out += [("allow",), (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),  # type: ignore[list-item]
+            ("deny",), (BPF_RET_K, 0, 0, deny),
+            ("enosys",), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS)]
+    return _resolve(out)
+
+
+def _resolve(code: list) -> list[tuple[int, int, int, int]]:
+    """Turn label names in jump targets into the relative offsets BPF wants (labels are 1-tuples)."""
+    where: dict[str, int] = {}
+    n = 0
+    for ins in code:
+        if len(ins) == 1:
+            where[ins[0]] = n
+        else:
+            n += 1
+    out: list[tuple[int, int, int, int]] = []
+    for ins in code:
+        if len(ins) == 1:
+            continue
+        op, jt, jf, k = ins
+        here = len(out)
+        jt = where[jt] - here - 1 if isinstance(jt, str) else jt
+        jf = where[jf] - here - 1 if isinstance(jf, str) else jf
+        if not (0 <= jt <= 255 and 0 <= jf <= 255):
+            raise ValueError("seccomp program too long for its jumps")
+        out.append((op, jt, jf, k))
+    return out
+
+
+def run(prog: list[tuple[int, int, int, int]], nr: int, args: tuple[int, ...] = (), arch: int = AUDIT_ARCH_X86_64) -> int:
+    """Interpret ``prog`` on one syscall: its return value (for tests; only the opcodes :func:`program` uses)."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *(list(args) + [0] * (6 - len(args))))
+    pc, acc = 0, 0
+    while True:
+        op, jt, jf, k = prog[pc]
+        if op == BPF_RET_K:
+            return k
+        if op == BPF_LD_W_ABS:
+            acc = struct.unpack_from("<I", data, k)[0]
+            pc += 1
+            continue
+        taken = {BPF_JEQ_K: acc == k, BPF_JGE_K: acc >= k, BPF_JSET_K: bool(acc & k)}[op]
+        pc += 1 + (jt if taken else jf)
+
+
+def qemu_gid() -> int:
+    """The group QEMU runs in: the kernel's overflow group (65534, "nogroup" on Debian), which owns nothing."""
+    try:
+        with open("/proc/sys/kernel/overflowgid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65534
+
+
+def cap_mask(caps: frozenset[int]) -> int:
+    mask = 0
+    for cap in caps:
+        mask |= 1 << cap
+    return mask
+
+
+def last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40
+
+
+# Between fork and exec: only ctypes calls, no allocation-heavy work, errors raised as OSError.
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _prctl(option: int, *args: int) -> int:
+    return _libc.prctl(ctypes.c_int(option), *(ctypes.c_ulong(a) for a in args))
+
+
+class Confinement:
+    """Everything prepared in the parent (the filter built, the capability set computed), so that
+    :meth:`apply`, run in the child, only makes system calls."""
+
+    def __init__(self, keep: frozenset[int] = KEEP, machine: str = "", gid: int | None = None) -> None:
+        arch = ARCHES.get(machine or platform.machine())
+        if arch is None:
+            raise OSError(errno.ENOTSUP, f"no seccomp filter for {machine or platform.machine()}")
+        prog = program(arch)
+        self._filters = (_SockFilter * len(prog))(*(_SockFilter(*ins) for ins in prog))
+        self._fprog = _SockFprog(len(prog), self._filters)
+        self._gid = qemu_gid() if gid is None else gid
+        self._drop = tuple(c for c in range(last_cap() + 1) if c not in keep)
+        mask = cap_mask(keep)
+        self._header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+        self._data = (_CapData * 2)(_CapData(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0),
+                                    _CapData(mask >> 32, mask >> 32, 0))
+
+    def apply(self) -> None:
+        """In the child before exec: die with the parent, the group, no new privileges, the filter, the
+        capabilities (last: the others need some of those it drops)."""
+        _check(_prctl(PR_SET_PDEATHSIG, signal.SIGKILL), "prctl(PR_SET_PDEATHSIG)")
+        os.setgroups([])
+        os.setresgid(self._gid, self._gid, self._gid)
+        _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+        _check(_prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog)), "seccomp")
+        for cap in self._drop:  # the bounding set first: it needs CAP_SETPCAP, dropped by capset below
+            if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+                _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
+        _check(_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+        _check(_libc.capset(ctypes.byref(self._header), self._data), "capset")
