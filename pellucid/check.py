@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Config
 from .errors import PellucidError
-from .vm import accel
+from .vm import accel, qemu_fixes
 from .vm.assets import resolve
 from .vm.machine import VM
 from .vm.spec import make_spec
@@ -61,6 +61,9 @@ def host_checks(cfg: Config, report: Report) -> bool:
         version = subprocess.run([hv.path, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
         devices = subprocess.run([hv.path, "-device", "help"], capture_output=True, text=True).stdout
     report.add("qemu", qemu_ok, version or f"{hv.path} not found or not executable")
+    if qemu_ok:
+        cve = qemu_fixes.cve_2023_2861(version)
+        report.add("qemu-9p-special-files", cve.fixed, cve.detail, required=False)
     if hv.machine == "q35":
         report.add("firmware", os.path.isfile(hv.firmware), hv.firmware)
     report.add("9p", '"virtio-9p-pci"' in devices, "virtio-9p in QEMU" if devices else "unknown")
