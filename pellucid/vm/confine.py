@@ -19,7 +19,8 @@
   guest sent, which carries setgid under a setgid parent, and refusing that would refuse mkdir
   there. The cost: a directory made through 9p under a setgid one does not inherit the bit itself;
   its group, which the guest sends, is still the parent's);
-* no new privileges (no setuid or file-capability gain on any later exec).
+* no new privileges (no setuid or file-capability gain on any later exec);
+* only the host files it needs (pellucid.vm.file_view, Landlock), when the parent gives a ruleset.
 
 QEMU's own ``-sandbox`` (qemu_args) is installed on top of this by QEMU itself.
 """
@@ -32,6 +33,8 @@ import os
 import platform
 import signal
 import struct
+
+from . import file_view
 
 # Capabilities (linux/capability.h).
 CAP_CHOWN = 0
@@ -246,7 +249,8 @@ class Confinement:
     """Everything prepared in the parent (the filter built, the capability set computed), so that
     :meth:`apply`, run in the child, only makes system calls."""
 
-    def __init__(self, keep: frozenset[int] = KEEP, machine: str = "", gid: int | None = None) -> None:
+    def __init__(self, keep: frozenset[int] = KEEP, machine: str = "", gid: int | None = None,
+                 view: int = -1) -> None:
         arch = ARCHES.get(machine or platform.machine())
         if arch is None:
             raise OSError(errno.ENOTSUP, f"no seccomp filter for {machine or platform.machine()}")
@@ -254,6 +258,8 @@ class Confinement:
         self._filters = (_SockFilter * len(prog))(*(_SockFilter(*ins) for ins in prog))
         self._fprog = _SockFprog(len(prog), self._filters)
         self._gid = qemu_gid() if gid is None else gid
+        self.view = view  # a Landlock ruleset fd, or -1
+        self._parent = os.getpid()
         self._drop = tuple(c for c in range(last_cap() + 1) if c not in keep)
         mask = cap_mask(keep)
         self._header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
@@ -261,15 +267,20 @@ class Confinement:
                                     _CapData(mask >> 32, mask >> 32, 0))
 
     def apply(self) -> None:
-        """In the child before exec: die with the parent, the group, no new privileges, the filter, the
-        capabilities (last: the others need some of those it drops)."""
-        _check(_prctl(PR_SET_PDEATHSIG, signal.SIGKILL), "prctl(PR_SET_PDEATHSIG)")
+        """In the child before exec: the group, no new privileges, the file view, the filter, the
+        capabilities (the others need some of those it drops), then death with the parent."""
         os.setgroups([])
         os.setresgid(self._gid, self._gid, self._gid)
         _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if self.view >= 0:
+            file_view.restrict_self(self.view)
         _check(_prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog)), "seccomp")
         for cap in self._drop:  # the bounding set first: it needs CAP_SETPCAP, dropped by capset below
             if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
                 _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
         _check(_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
         _check(_libc.capset(ctypes.byref(self._header), self._data), "capset")
+        # Last: a change of credentials (the group, the capabilities) clears the parent-death signal.
+        _check(_prctl(PR_SET_PDEATHSIG, signal.SIGKILL), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != self._parent:  # it died before that: so does QEMU, before it runs
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from .. import messages, procs, protocol
 from ..errors import AgentError, VMError
+from . import file_view
 from .agent_client import AgentClient
 from .confine import Confinement
 from .qemu_args import VMSpec, build_argv
@@ -68,8 +69,10 @@ class VM:
         spec = replace(self.spec, agent_fd=agent_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
                        pidfile=os.path.join(self.workdir, "qemu.pid"))
         argv = build_argv(spec)
+        view = -1
         try:
-            confinement = Confinement()  # QEMU dies with its parent, and runs confined (vm.confine)
+            view = file_view.ruleset(spec, self.workdir)
+            confinement = Confinement(view=view)  # QEMU dies with its parent, and runs confined (vm.confine)
             with open(self.log_path, "ab") as log:
                 self._started = time.monotonic()
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -83,6 +86,8 @@ class VM:
         finally:
             agent_qemu.close()
             qmp_qemu.close()
+            if view >= 0:
+                os.close(view)
         self._start_time = procs.proc_start_time(self.proc.pid) or 0  # our unreaped child: this is it
         self.state = State.RUNNING
         self.agent = AgentClient(agent_host)

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from pellucid.errors import VMError
 from pellucid.vm import confine
+from pellucid.vm.assets import resolve
+from pellucid.vm.machine import VM
+from pellucid.vm.qemu_args import Share
+from pellucid.vm.spec import make_spec
 
 from .conftest import qemu_pids
 from .oci_client import Pipes, become_subreaper, read_until, spawn, wait_exit
+from .test_vm import config
 
 pytestmark = pytest.mark.vm
 HERE = Path(__file__).resolve().parent
@@ -63,7 +70,7 @@ STEPS = [
     ("create /vol/sgid-noexec 02644", "ok"),
     ("mkdir /vol/dir 0755", "ok"),
     ("mkdir /vol/dir/sub 02755", "ok"),  # the kernel drops the bit from mkdir's mode
-    ("chardev /vol/null", "EPERM"),  # no CAP_MKNOD
+    ("chardev /vol/null", ("EACCES", "EPERM")),  # not in QEMU's file view (Landlock), nor has it CAP_MKNOD
     ("fifo /vol/fifo", FIFO),
     ("link /vol/plain /vol/hard", "ok"),
     ("xattr /vol/plain user.pellucid", "ok"),
@@ -174,3 +181,42 @@ def _assert_nothing_planted(volume: Path, setgid_dirs: set[Path]) -> None:
             assert not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)), f"{path} is a device node"
             if not stat.S_ISLNK(st.st_mode):
                 assert "security.capability" not in os.listxattr(path), f"{path} has a file capability"
+
+
+def test_qemu_opens_only_its_own_files(tmp_path):
+    """Asked over QMP to open files, QEMU can open those of its VM and share, and no other host file;
+    nor can it connect a TCP socket."""
+    share, work, outside = tmp_path / "share", tmp_path / "vm", tmp_path / "outside"
+    for d in (share, work, outside):
+        d.mkdir()
+    (share / "mine").write_text("share")
+    (outside / "theirs").write_text("host")
+    cfg = config()
+    spec = make_spec(cfg, resolve(cfg), "tcg", shares=(Share("s", str(share)),))
+    listener = socket.create_server(("127.0.0.1", 0))
+    with VM(spec, str(work)) as vm:
+        qmp = vm.monitor()
+
+        def opens(path: Path) -> str:
+            try:
+                qmp.execute("blockdev-add", driver="file", filename=str(path), **{"node-name": f"n{abs(hash(path))}",
+                                                                                  "read-only": True})
+            except VMError as err:
+                return str(err)
+            return "ok"
+
+        assert opens(share / "mine") == "ok"
+        assert opens(work / "qemu.pid") == "ok"
+        for path in (outside / "theirs", Path("/etc/hostname"), Path("/proc/1/cmdline")):
+            assert "Permission denied" in opens(path), path
+        try:
+            qmp.execute("chardev-add", id="out", backend={"type": "file", "data": {"out": str(outside / "new")}})
+            made = "made"
+        except VMError as err:
+            made = str(err)
+        assert "Permission denied" in made and not (outside / "new").exists()
+        port = listener.getsockname()[1]
+        with pytest.raises(VMError, match="Permission denied"):
+            qmp.execute("chardev-add", id="tcp", backend={"type": "socket", "data": {
+                "addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": str(port)}}, "server": False}})
+    listener.close()
