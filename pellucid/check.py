@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Config
 from .errors import PellucidError
-from .vm import accel, qemu_fixes
+from .vm import accel, file_view, qemu_fixes
 from .vm.assets import resolve
 from .vm.machine import VM
 from .vm.spec import make_spec
@@ -64,6 +64,9 @@ def host_checks(cfg: Config, report: Report) -> bool:
     if qemu_ok:
         cve = qemu_fixes.cve_2023_2861(version)
         report.add("qemu-9p-special-files", cve.fixed, cve.detail, required=False)
+        abi = file_view.abi_version()
+        report.add("qemu-file-view", abi >= 1, f"Landlock ABI {abi}: QEMU opens only its VM's files" if abi >= 1
+                   else "no Landlock in the host kernel: QEMU may open any host file root can", required=False)
     if hv.machine == "q35":
         report.add("firmware", os.path.isfile(hv.firmware), hv.firmware)
     report.add("9p", '"virtio-9p-pci"' in devices, "virtio-9p in QEMU" if devices else "unknown")

@@ -11,7 +11,10 @@
   owner may set it without any capability, so capabilities alone cannot stop the guest's root from
   making a setuid-root file on a host volume; the filter can. It also refuses ``openat2`` (its mode
   is behind a pointer; callers fall back to ``openat``), ``io_uring_setup`` (io_uring's operations
-  pass no seccomp check; QEMU falls back to epoll) and, on x86-64, the x32 ABI;
+  pass no seccomp check; QEMU falls back to epoll), ``socket`` (QEMU gets its sockets and taps
+  already open, or opens /dev/net/tun; a new socket could reach a host service: Landlock does not
+  cover connecting to a Unix socket by path, such as the container engine's) and, on x86-64, the
+  x32 ABI;
 * no setgid file: QEMU runs in a group that grants nothing (:func:`qemu_gid`, the kernel's overflow
   group, "nogroup"), with no supplementary groups and without CAP_FSETID, so the kernel itself
   drops the setgid bit from every chmod and create whose file is not of that group, whatever the
@@ -96,8 +99,9 @@ class Rule:
 
 
 class Arch:
-    def __init__(self, audit: int, mode_rules: tuple[Rule, ...], enosys: tuple[int, ...], x32: bool) -> None:
-        self.audit, self.mode_rules, self.enosys, self.x32 = audit, mode_rules, enosys, x32
+    def __init__(self, audit: int, mode_rules: tuple[Rule, ...], enosys: tuple[int, ...], eperm: tuple[int, ...],
+                 x32: bool) -> None:
+        self.audit, self.mode_rules, self.enosys, self.eperm, self.x32 = audit, mode_rules, enosys, eperm, x32
 
 
 ARCHES = {
@@ -111,14 +115,14 @@ ARCHES = {
         Rule(259, mode=2),            # mknodat
         Rule(268, mode=2),            # fchmodat
         Rule(452, mode=2),            # fchmodat2
-    ), enosys=(437, 425), x32=True),  # openat2, io_uring_setup
+    ), enosys=(437, 425), eperm=(41,), x32=True),  # openat2, io_uring_setup; socket
     "aarch64": Arch(AUDIT_ARCH_AARCH64, (
         Rule(56, mode=3, flags=2),    # openat
         Rule(33, mode=2),             # mknodat
         Rule(52, mode=1),             # fchmod
         Rule(53, mode=2),             # fchmodat
         Rule(452, mode=2),            # fchmodat2
-    ), enosys=(437, 425), x32=False),
+    ), enosys=(437, 425), eperm=(198,), x32=False),
 }
 
 
@@ -128,8 +132,8 @@ def _arg(i: int) -> int:
 
 
 def program(arch: Arch) -> list[tuple[int, int, int, int]]:
-    """The filter as (code, jt, jf, k) instructions: another ABI, the x32 ABI and a setuid mode
-    get EPERM; the syscalls in ``arch.enosys`` ENOSYS; everything else is allowed."""
+    """The filter as (code, jt, jf, k) instructions: another ABI, the x32 ABI, the calls in
+    ``arch.eperm`` and a setuid mode get EPERM; the syscalls in ``arch.enosys`` ENOSYS; everything else is allowed."""
     deny = SECCOMP_RET_ERRNO | errno.EPERM
     out: list[tuple[int, object, object, int]] = [(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
                                                   (BPF_JEQ_K, 0, "deny", arch.audit),
@@ -138,6 +142,8 @@ def program(arch: Arch) -> list[tuple[int, int, int, int]]:
         out.append((BPF_JGE_K, "deny", 0, X32_SYSCALL_BIT))
     for nr in arch.enosys:
         out.append((BPF_JEQ_K, "enosys", 0, nr))
+    for nr in arch.eperm:
+        out.append((BPF_JEQ_K, "deny", 0, nr))
     for i, rule in enumerate(arch.mode_rules):
         skip = f"rule{i + 1}"
         out.append((BPF_JEQ_K, 0, skip, rule.nr))

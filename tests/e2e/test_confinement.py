@@ -22,7 +22,7 @@ from pellucid.vm.machine import VM
 from pellucid.vm.qemu_args import Share
 from pellucid.vm.spec import make_spec
 
-from .conftest import qemu_pids
+from .conftest import TEMPLATES, qemu_pids
 from .oci_client import Pipes, become_subreaper, read_until, spawn, wait_exit
 from .test_vm import config
 
@@ -130,6 +130,8 @@ def test_a_guest_cannot_plant_privileges_or_reach_past_its_volume(runtime, probe
         assert SECRET not in said
         (qemu,) = qemu_pids(tmp_path)
         _assert_confined(qemu, "confined")
+        # a clone (restored from its template's state through a file descriptor) unless cold boots are asked for
+        assert bool(runtime.vm_info("confined")["template"]) is TEMPLATES
         pipes.write_stdin(b"\n")
         assert wait_exit(int(pid_file.read_text())) == 0
         runtime("delete", "confined")
@@ -185,7 +187,7 @@ def _assert_nothing_planted(volume: Path, setgid_dirs: set[Path]) -> None:
 
 def test_qemu_opens_only_its_own_files(tmp_path):
     """Asked over QMP to open files, QEMU can open those of its VM and share, and no other host file;
-    nor can it connect a TCP socket."""
+    nor can it connect to a host service, over TCP or a Unix socket."""
     share, work, outside = tmp_path / "share", tmp_path / "vm", tmp_path / "outside"
     for d in (share, work, outside):
         d.mkdir()
@@ -194,6 +196,10 @@ def test_qemu_opens_only_its_own_files(tmp_path):
     cfg = config()
     spec = make_spec(cfg, resolve(cfg), "tcg", shares=(Share("s", str(share)),))
     listener = socket.create_server(("127.0.0.1", 0))
+    unix_path = outside / "service.sock"
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(unix_path))
+    unix.listen()
     with VM(spec, str(work)) as vm:
         qmp = vm.monitor()
 
@@ -216,7 +222,17 @@ def test_qemu_opens_only_its_own_files(tmp_path):
             made = str(err)
         assert "Permission denied" in made and not (outside / "new").exists()
         port = listener.getsockname()[1]
-        with pytest.raises(VMError, match="Permission denied"):
+        with pytest.raises(VMError, match="Operation not permitted|Permission denied"):
             qmp.execute("chardev-add", id="tcp", backend={"type": "socket", "data": {
                 "addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": str(port)}}, "server": False}})
+        # a host service's Unix socket (a container engine's, say): no socket can be made to reach it
+        with pytest.raises(VMError, match="Operation not permitted|Permission denied"):
+            qmp.execute("chardev-add", id="unix", backend={"type": "socket", "data": {
+                "addr": {"type": "unix", "data": {"path": str(unix_path)}}, "server": False}})
+        listener.settimeout(0)
+        unix.settimeout(0)
+        for server in (listener, unix):
+            with pytest.raises(BlockingIOError):
+                server.accept()
     listener.close()
+    unix.close()

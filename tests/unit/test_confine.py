@@ -66,6 +66,13 @@ def test_only_the_low_32_bits_of_a_mode_count():
     assert run(X86, CHMOD, (0, (1 << 40) | 0o4755)) == EPERM
 
 
+def test_no_socket_can_be_made():
+    for domain in (1, 2, 10, 16, 17):  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET
+        assert run(X86, 41, (domain, 1, 0)) == EPERM
+    assert run(X86, 53, (1, 1, 0, 0)) == ALLOW  # socketpair: connected to nothing but itself
+    assert run(ARM, 198, (1, 1, 0), arch=AUDIT_ARCH_AARCH64) == EPERM
+
+
 def test_openat2_and_io_uring_get_enosys_for_a_fallback():
     assert run(X86, OPENAT2, (3, 0, 0, 24)) == ENOSYS
     assert run(X86, IO_URING_SETUP, (8, 0)) == ENOSYS
