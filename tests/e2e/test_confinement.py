@@ -86,6 +86,9 @@ STEPS = [
     ("as 1000 1000 chmod /vol/users/a 0600", "ok"),
     ("as 1000 1000 fifo /vol/users/p", FIFO),
     ("as 1000 1000 create /vol/users/b/c 0644", "EACCES"),  # guest uid 1000 is not the owner of b
+    # guest root, in a directory and on a file of others' that are closed to it (QEMU's CAP_DAC_OVERRIDE)
+    ("create /vol/users/b/by-root 0644", "ok"),
+    ("read /vol/users/a", "content"),
     ("read /vol/etclink/hostname", "content guest"),  # the guest's symlink to /etc is the guest's /etc
     ("read /vol/hostlink/secret", "ENOENT"),  # a host symlink in the volume to a host directory
     ("read /vol/../outside/secret", "ENOENT"),  # .. at the volume's root is the container's /
