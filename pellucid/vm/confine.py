@@ -35,7 +35,7 @@ import errno
 import os
 import platform
 import signal
-import struct
+from dataclasses import dataclass
 
 from . import file_view
 
@@ -88,20 +88,25 @@ S_ISUID = 0o4000
 O_CREATING = 0o100 | 0o20000000
 
 
+@dataclass(frozen=True)
 class Rule:
     """A syscall whose ``mode`` argument (index) may carry setuid; with ``flags`` (index) only when
     those flags create a file."""
 
-    __slots__ = ("nr", "mode", "flags")
+    nr: int
+    mode: int
+    flags: int = -1
 
-    def __init__(self, nr: int, mode: int, flags: int = -1) -> None:
-        self.nr, self.mode, self.flags = nr, mode, flags
 
-
+@dataclass(frozen=True)
 class Arch:
-    def __init__(self, audit: int, mode_rules: tuple[Rule, ...], enosys: tuple[int, ...], eperm: tuple[int, ...],
-                 x32: bool) -> None:
-        self.audit, self.mode_rules, self.enosys, self.eperm, self.x32 = audit, mode_rules, enosys, eperm, x32
+    """One architecture's syscalls for the filter."""
+
+    audit: int  # AUDIT_ARCH_*
+    mode_rules: tuple[Rule, ...]
+    enosys: tuple[int, ...]
+    eperm: tuple[int, ...]
+    x32: bool
 
 
 ARCHES = {
@@ -131,46 +136,44 @@ def _arg(i: int) -> int:
     return 16 + 8 * i
 
 
-def program(arch: Arch) -> list[tuple[int, int, int, int]]:
-    """The filter as (code, jt, jf, k) instructions: another ABI, the x32 ABI, the calls in
-    ``arch.eperm`` and a setuid mode get EPERM; the syscalls in ``arch.enosys`` ENOSYS; everything else is allowed."""
+Instruction = tuple[int, int, int, int]  # code, jump if true, jump if false, k
+
+
+def program(arch: Arch) -> list[Instruction]:
+    """The filter: another ABI, the x32 ABI, the calls in ``arch.eperm`` and a setuid mode get
+    EPERM; the calls in ``arch.enosys`` ENOSYS; everything else is allowed."""
     deny = SECCOMP_RET_ERRNO | errno.EPERM
-    out: list[tuple[int, object, object, int]] = [(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
-                                                  (BPF_JEQ_K, 0, "deny", arch.audit),
-                                                  (BPF_LD_W_ABS, 0, 0, OFFSET_NR)]
+    # Instructions whose jumps may name a label, and labels (strings) where they point.
+    code: list[str | tuple[int, int | str, int | str, int]] = [
+        (BPF_LD_W_ABS, 0, 0, OFFSET_ARCH), (BPF_JEQ_K, 0, "deny", arch.audit), (BPF_LD_W_ABS, 0, 0, OFFSET_NR)]
     if arch.x32:
-        out.append((BPF_JGE_K, "deny", 0, X32_SYSCALL_BIT))
-    for nr in arch.enosys:
-        out.append((BPF_JEQ_K, "enosys", 0, nr))
-    for nr in arch.eperm:
-        out.append((BPF_JEQ_K, "deny", 0, nr))
+        code.append((BPF_JGE_K, "deny", 0, X32_SYSCALL_BIT))
+    code += [(BPF_JEQ_K, "enosys", 0, nr) for nr in arch.enosys]
+    code += [(BPF_JEQ_K, "deny", 0, nr) for nr in arch.eperm]
     for i, rule in enumerate(arch.mode_rules):
-        skip = f"rule{i + 1}"
-        out.append((BPF_JEQ_K, 0, skip, rule.nr))
+        code.append((BPF_JEQ_K, 0, f"after{i}", rule.nr))
         if rule.flags >= 0:
-            out += [(BPF_LD_W_ABS, 0, 0, _arg(rule.flags)), (BPF_JSET_K, 0, "allow", O_CREATING)]
-        out += [(BPF_LD_W_ABS, 0, 0, _arg(rule.mode)), (BPF_JSET_K, "deny", "allow", S_ISUID)]
-        out.append((f"rule{i + 1}",))  # type: ignore[arg-type]
-    out += [("allow",), (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),  # type: ignore[list-item]
-            ("deny",), (BPF_RET_K, 0, 0, deny),
-            ("enosys",), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS)]
-    return _resolve(out)
+            code += [(BPF_LD_W_ABS, 0, 0, _arg(rule.flags)), (BPF_JSET_K, 0, "allow", O_CREATING)]
+        code += [(BPF_LD_W_ABS, 0, 0, _arg(rule.mode)), (BPF_JSET_K, "deny", "allow", S_ISUID), f"after{i}"]
+    code += ["allow", (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW), "deny", (BPF_RET_K, 0, 0, deny),
+             "enosys", (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS)]
+    return _resolve(code)
 
 
-def _resolve(code: list) -> list[tuple[int, int, int, int]]:
-    """Turn label names in jump targets into the relative offsets BPF wants (labels are 1-tuples)."""
+def _resolve(code: list[str | tuple[int, int | str, int | str, int]]) -> list[Instruction]:
+    """Labels in jumps turned into the forward offsets BPF wants."""
     where: dict[str, int] = {}
     n = 0
-    for ins in code:
-        if len(ins) == 1:
-            where[ins[0]] = n
+    for item in code:
+        if isinstance(item, str):
+            where[item] = n
         else:
             n += 1
-    out: list[tuple[int, int, int, int]] = []
-    for ins in code:
-        if len(ins) == 1:
+    out: list[Instruction] = []
+    for item in code:
+        if isinstance(item, str):
             continue
-        op, jt, jf, k = ins
+        op, jt, jf, k = item
         here = len(out)
         jt = where[jt] - here - 1 if isinstance(jt, str) else jt
         jf = where[jf] - here - 1 if isinstance(jf, str) else jf
@@ -178,22 +181,6 @@ def _resolve(code: list) -> list[tuple[int, int, int, int]]:
             raise ValueError("seccomp program too long for its jumps")
         out.append((op, jt, jf, k))
     return out
-
-
-def run(prog: list[tuple[int, int, int, int]], nr: int, args: tuple[int, ...] = (), arch: int = AUDIT_ARCH_X86_64) -> int:
-    """Interpret ``prog`` on one syscall: its return value (for tests; only the opcodes :func:`program` uses)."""
-    data = struct.pack("<iIQ6Q", nr, arch, 0, *(list(args) + [0] * (6 - len(args))))
-    pc, acc = 0, 0
-    while True:
-        op, jt, jf, k = prog[pc]
-        if op == BPF_RET_K:
-            return k
-        if op == BPF_LD_W_ABS:
-            acc = struct.unpack_from("<I", data, k)[0]
-            pc += 1
-            continue
-        taken = {BPF_JEQ_K: acc == k, BPF_JGE_K: acc >= k, BPF_JSET_K: bool(acc & k)}[op]
-        pc += 1 + (jt if taken else jf)
 
 
 def qemu_gid() -> int:
@@ -206,6 +193,7 @@ def qemu_gid() -> int:
 
 
 def cap_mask(caps: frozenset[int]) -> int:
+    """The capability set as the kernel's bit mask (as /proc/PID/status shows it)."""
     mask = 0
     for cap in caps:
         mask |= 1 << cap
@@ -213,6 +201,7 @@ def cap_mask(caps: frozenset[int]) -> int:
 
 
 def last_cap() -> int:
+    """The highest capability number the running kernel knows."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
@@ -220,7 +209,7 @@ def last_cap() -> int:
         return 40
 
 
-# Between fork and exec: only ctypes calls, no allocation-heavy work, errors raised as OSError.
+# What runs between fork and exec: system calls only, errors raised as OSError.
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -4,11 +4,28 @@ through a small interpreter of the instructions it uses."""
 from __future__ import annotations
 
 import errno
+import struct
 
 import pytest
 
 from pellucid.vm import confine
-from pellucid.vm.confine import ARCHES, AUDIT_ARCH_AARCH64, AUDIT_ARCH_X86_64, program, run
+from pellucid.vm.confine import ARCHES, AUDIT_ARCH_AARCH64, AUDIT_ARCH_X86_64, Instruction, program
+
+
+def run(prog: list[Instruction], nr: int, args: tuple[int, ...] = (), arch: int = AUDIT_ARCH_X86_64) -> int:
+    """What ``prog`` returns for one syscall: a classic-BPF interpreter of the opcodes the filter uses."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *(list(args) + [0] * (6 - len(args))))
+    pc, acc = 0, 0
+    while True:
+        op, jt, jf, k = prog[pc]
+        if op == confine.BPF_RET_K:
+            return k
+        if op == confine.BPF_LD_W_ABS:
+            acc = struct.unpack_from("<I", data, k)[0]
+            pc += 1
+            continue
+        taken = {confine.BPF_JEQ_K: acc == k, confine.BPF_JGE_K: acc >= k, confine.BPF_JSET_K: bool(acc & k)}[op]
+        pc += 1 + (jt if taken else jf)
 
 ALLOW = confine.SECCOMP_RET_ALLOW
 EPERM = confine.SECCOMP_RET_ERRNO | errno.EPERM
