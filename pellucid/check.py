@@ -11,7 +11,8 @@ from typing import Any
 
 from .config import Config
 from .errors import PellucidError
-from .vm import accel, file_view, qemu_fixes
+from .vm import accel
+from .vm import file_view, qemu_fixes
 from .vm.assets import resolve
 from .vm.machine import VM
 from .vm.spec import make_spec
