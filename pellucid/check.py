@@ -13,6 +13,7 @@ from .config import Config
 from .errors import PellucidError
 from .kernfs import read_value
 from .vm import accel
+from .vm import file_view, qemu_fixes
 from .vm.assets import resolve
 from .vm.machine import VM
 from .vm.spec import make_spec
@@ -54,6 +55,12 @@ def host_checks(cfg: Config, report: Report) -> bool:
         version = subprocess.run([hv.path, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
         devices = subprocess.run([hv.path, "-device", "help"], capture_output=True, text=True).stdout
     report.add("qemu", qemu_ok, version or f"{hv.path} not found or not executable")
+    if qemu_ok:
+        cve = qemu_fixes.cve_2023_2861(version)
+        report.add("qemu-9p-special-files", cve.fixed, cve.detail, required=False)
+        abi = file_view.abi_version()
+        report.add("qemu-file-view", abi >= 1, f"Landlock ABI {abi}: QEMU opens only its VM's files" if abi >= 1
+                   else "no Landlock in the host kernel: QEMU may open any host file root can", required=False)
     if hv.machine == "q35":
         report.add("firmware", os.path.isfile(hv.firmware), hv.firmware)
     report.add("9p", '"virtio-9p-pci"' in devices, "virtio-9p in QEMU" if devices else "unknown")

@@ -3,10 +3,8 @@ never left behind (it dies with its parent too)."""
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -14,7 +12,9 @@ from dataclasses import dataclass, replace
 
 from .. import messages, procs, protocol
 from ..errors import AgentError, VMError
+from . import file_view
 from .agent_client import AgentClient
+from .confine import Confinement
 from .qemu_args import VMSpec, build_argv
 from .qmp import QMP
 
@@ -22,25 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..host_messages import MonitorHandoff
 
-PR_SET_PDEATHSIG = 1
-PR_SET_THP_DISABLE = 41
 LOG_TAIL = 4096
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: QEMU gets SIGKILL when its parent goes away.
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _die_with_parent_no_thp() -> None:
-    """Under TCG, QEMU also gets no transparent huge pages (kept across exec): QEMU madvises its
-    code cache and anonymous guest RAM huge, which rounds each up to 2 MiB steps and keeps KSM from
-    merging their pages until it splits them; measured here, 4 MiB less PSS per idle clone (code
-    cache 34 -> 32 MiB, heap 12 -> 10 MiB) and no slower guest code. Under KVM huge pages back
-    a cold-booted guest's RAM in the EPT, which is worth their cost; a clone's RAM (a private
-    mapping of the template's tmpfs file) is in 4 KiB pages either way."""
-    _die_with_parent()
-    ctypes.CDLL(None).prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
 
 
 class State(enum.Enum):
@@ -91,14 +73,16 @@ class VM:
         spec = replace(self.spec, agent_fd=agent_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
                        pidfile=os.path.join(self.workdir, "qemu.pid"))
         argv = build_argv(spec)
+        view = -1
         try:
+            view = file_view.ruleset(spec, self.workdir)
+            confinement = Confinement(view=view, no_thp=spec.accelerator == "tcg")  # QEMU dies with its parent, and runs confined (vm.confine)
             with open(self.log_path, "ab") as log:
                 self._started = time.monotonic()
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                              pass_fds=(agent_qemu.fileno(), qmp_qemu.fileno(),
                                                        *(n.fd for n in spec.nics if n.fd >= 0)),
-                                             preexec_fn=_die_with_parent_no_thp if spec.accelerator == "tcg"
-                                             else _die_with_parent)
+                                             preexec_fn=confinement.apply)
         except OSError as err:
             agent_host.close()
             qmp_host.close()
@@ -106,6 +90,8 @@ class VM:
         finally:
             agent_qemu.close()
             qmp_qemu.close()
+            if view >= 0:
+                os.close(view)
         self._start_time = procs.proc_start_time(self.proc.pid) or 0  # our unreaped child: this is it
         self.state = State.RUNNING
         self.agent = AgentClient(agent_host)

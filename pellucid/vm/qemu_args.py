@@ -11,6 +11,9 @@ GiB = 1 << 30
 
 # q35 with every legacy part that can go switched off; qboot instead of SeaBIOS.
 Q35_OPTIONS = "sata=off,smbus=off,hpet=off,i8042=off,vmport=off,usb=off,graphics=off"
+# QEMU's own seccomp filter: no obsolete syscalls, no uid/gid changes (QEMU is not started with
+# -runas), no fork/exec, no scheduler or affinity changes. pellucid's filter (vm.confine) is beneath it.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def build_argv(spec: VMSpec) -> list[str]:
         raise ValueError(f"unknown accelerator {spec.accelerator}")
     bus = _bus(spec.machine)
     argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on", "-nodefaults", "-no-user-config",
-            "-display", "none", "-no-reboot"]
+            "-display", "none", "-no-reboot", "-sandbox", SANDBOX]
     if spec.pidfile:
         argv += ["-pidfile", spec.pidfile]
     ram = ",memory-backend=ram0" if spec.ram_file else ""
