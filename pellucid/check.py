@@ -9,11 +9,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import messages
 from .config import Config
 from .errors import PellucidError
 from .vm import accel
 from .vm.assets import resolve
 from .vm.machine import VM
+from .vm.qemu_args import FSDEV_OPTIONS, Share
 from .vm.spec import make_spec
 
 
@@ -92,9 +94,16 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
     os.makedirs(run_dir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="check-", dir=run_dir)
     try:
-        with VM(make_spec(cfg, assets, accelerator, name="pellucid-check"), workdir) as vm:
+        share_dir = os.path.join(workdir, "share")
+        os.makedirs(share_dir)
+        share = Share(messages.SHARE_TAG, share_dir)
+        with VM(make_spec(cfg, assets, accelerator, name="pellucid-check", shares=(share,)), workdir) as vm:
             hello = vm.handshake(cfg.hypervisor.boot_timeout)
-            assert vm.timeline is not None
+            assert vm.timeline is not None and vm.agent is not None
+            fs = cfg.filesystem
+            vm.agent.call(messages.MountShare(share.tag, fs.cache, fs.msize), timeout=cfg.hypervisor.boot_timeout)
+            report.add("filesystem", True, f"rootfs and volumes over 9p ({FSDEV_OPTIONS}), guest mount "
+                                           f"cache={fs.cache}, msize={fs.msize}")
             report.boot = {
                 "accelerator": accelerator,
                 "accelerator_forced": probe is None,

@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .messages import MSIZE_MAX, MSIZE_MIN, SHARE_CACHES
 
 DEFAULT_PATH = "/etc/pellucid/config.toml"
 ENV_PATH = "PELLUCID_CONFIG"
@@ -49,11 +50,23 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class FilesystemConfig:
+    """How the container's rootfs and volumes reach the VM (9p; see the README's "Files" section)."""
+
+    #: the guest's 9p cache: "loose" (cached; written back at each exit and pause, dropped before each
+    #: exec), "mmap" (nothing cached but mmap'ed pages: every access asks the host) or "none"
+    cache: str = "loose"
+    #: the largest 9p message in bytes (6.1's virtio transport takes up to 512000)
+    msize: int = 512000
+
+
+@dataclass(frozen=True)
 class Config:
     path: str = ""
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    filesystem: FilesystemConfig = field(default_factory=FilesystemConfig)
 
     @property
     def kernel_path(self) -> str:
@@ -86,12 +99,17 @@ def parse(text: str, path: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
-    unknown = set(data) - {"hypervisor", "assets", "network"}
+    unknown = set(data) - {"hypervisor", "assets", "network", "filesystem"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
     hv = _section(HypervisorConfig, data.get("hypervisor", {}), "hypervisor")
     assets = _section(AssetsConfig, data.get("assets", {}), "assets")
     network = _section(NetworkConfig, data.get("network", {}), "network")
+    fs = _section(FilesystemConfig, data.get("filesystem", {}), "filesystem")
+    if fs.cache not in SHARE_CACHES:
+        raise ConfigError(f"{path}: filesystem.cache must be one of {', '.join(SHARE_CACHES)}")
+    if not MSIZE_MIN <= fs.msize <= MSIZE_MAX:
+        raise ConfigError(f"{path}: filesystem.msize must be between {MSIZE_MIN} and {MSIZE_MAX}")
     if network.mode not in NETWORK_MODES:
         raise ConfigError(f"{path}: network.mode must be one of {', '.join(NETWORK_MODES)}")
     if hv.accelerator not in ACCELERATORS:
@@ -102,7 +120,7 @@ def parse(text: str, path: str = "<string>") -> Config:
         raise ConfigError(f"{path}: hypervisor.vcpus must be between 1 and 64")
     if not 64 <= hv.memory_mib <= 65536:
         raise ConfigError(f"{path}: hypervisor.memory_mib must be between 64 and 65536")
-    return Config(path=path, hypervisor=hv, assets=assets, network=network)
+    return Config(path=path, hypervisor=hv, assets=assets, network=network, filesystem=fs)
 
 
 def load(path: str | None = None) -> Config:

@@ -86,13 +86,14 @@ class Monitor:
         for fd in self._tap_fds:
             os.close(fd)
         for share in shares:
-            self.vm.agent.call(messages.MountShare(share.tag), timeout=cfg.hypervisor.boot_timeout)
+            self.vm.agent.call(messages.MountShare(share.tag, cfg.filesystem.cache, cfg.filesystem.msize),
+                               timeout=cfg.hypervisor.boot_timeout)
         if net.nics:
             self.vm.agent.call(net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
         self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
                            boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
                            boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
-                           vcpus=spec.vcpus, memory_mib=spec.memory_mib)
+                           vcpus=spec.vcpus, memory_mib=spec.memory_mib, share_cache=cfg.filesystem.cache)
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""

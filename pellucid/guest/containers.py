@@ -63,6 +63,7 @@ class Containers:
         self.inits: dict[str, int] = {}  # container id -> process number of its init
         self._next = 1
         self._throttled: list[int] = []
+        self.write_back = False  # a share is mounted with a cache that writes back later
         os.makedirs(BUNDLES, exist_ok=True)
         for request, handler in (
                 (messages.CreateContainer, self.create), (messages.StartContainer, self.start),
@@ -70,7 +71,7 @@ class Containers:
                 (messages.Resize, self.resize), (messages.PauseContainer, self.pause),
                 (messages.ResumeContainer, self.resume), (messages.DeleteContainer, self.delete),
                 (messages.Ps, self.ps), (messages.Stats, self.stats), (messages.UpdateContainer, self.update),
-                (messages.MountShare, self.mount_share)):
+                (messages.MountShare, self.mount_share), (messages.SyncShares, self.sync_shares)):
             agent.handle(request, handler)
         agent.on_tick.append(self._tick)
 
@@ -268,6 +269,8 @@ class Containers:
             os.close(proc.stdin)
         proc.stdin = None
         self.agent.stream_handlers.pop(protocol.stream_id(proc.number, protocol.STDIN), None)
+        if self.write_back:  # what the process wrote is on the host before anyone hears it exited
+            os.sync()
         self.agent.emit(messages.Exit(process=proc.number, container=proc.container, status=proc.status))
 
     def _tick(self) -> None:
@@ -295,7 +298,19 @@ class Containers:
         os.makedirs(target, exist_ok=True)
         if not os.path.ismount(target):
             linux.mount(request.tag, target, "9p", linux.MS_NODEV,
-                        "trans=virtio,version=9p2000.L,msize=262144,cache=mmap,posixacl")
+                        f"trans=virtio,version=9p2000.L,msize={request.msize},cache={request.cache},posixacl")
+        if request.cache in messages.SHARE_CACHES_WRITE_BACK:
+            self.write_back = True
+
+    def sync_shares(self, request: messages.SyncShares) -> None:
+        """Only shares that cache need it. The guest's own root is a read-only DAX image and its other
+        file systems are tmpfs, so the global sync and drop_caches touch nothing but the shares."""
+        if not self.write_back:
+            return
+        os.sync()
+        if request.invalidate:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3")
 
     def create(self, request: messages.CreateContainer) -> messages.ProcessResult:
         cid = request.id

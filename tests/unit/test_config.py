@@ -22,6 +22,9 @@ def test_values_are_read_and_typed():
     assert cfg.hypervisor.boot_timeout == 5.0
     assert cfg.kernel_path == "/k"
     assert cfg.image_path == "/var/lib/pellucid/root.img"
+    assert (cfg.filesystem.cache, cfg.filesystem.msize) == ("loose", 512000)
+    fs = config.parse('[filesystem]\ncache = "mmap"\nmsize = 262144\n').filesystem
+    assert (fs.cache, fs.msize) == ("mmap", 262144)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -32,6 +35,8 @@ def test_values_are_read_and_typed():
     ('[hypervisor]\ndebug_console = 1', "must be a bool"),
     ('[hypervisor]\nnope = 1', "unknown key"),
     ('[other]\n', "unknown section"),
+    ('[filesystem]\ncache = "fscache"', "filesystem.cache"),
+    ('[filesystem]\nmsize = 1048576', "filesystem.msize"),
     ('hypervisor = 3', "must be a table"),
     ('[hypervisor\n', "config.toml|<string>"),
 ])

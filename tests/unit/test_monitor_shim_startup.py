@@ -125,7 +125,7 @@ def test_monitor_boot_hands_the_description_to_qemu_and_the_agent(tmp_path, monk
     assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s")]
     assert [(n.tap, n.mac, n.mtu) for n in spec.nics] == [("pltap0", "02:42:a9:fe:4d:02", 1450)]
     assert vms[0].agent_calls == [
-        ("mount_share", {"tag": "sandbox"}),
+        ("mount_share", {"tag": "sandbox", "cache": "loose", "msize": 512000}),
         ("configure_network", {"nics": [nic.for_guest()], "routes": [], "dns_relay": True})]
     info = monitor.info
     assert (info.accelerator, info.vcpus, info.memory_mib, info.guest_kernel, info.boot_ms) == ("tcg", 2, 384,
