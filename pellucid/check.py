@@ -102,8 +102,9 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
             assert vm.timeline is not None and vm.agent is not None
             fs = cfg.filesystem
             vm.agent.call(messages.MountShare(share.tag, fs.cache, fs.msize), timeout=cfg.hypervisor.boot_timeout)
-            report.add("filesystem", True, f"rootfs and volumes over 9p ({FSDEV_OPTIONS}), guest mount "
-                                           f"cache={fs.cache}, msize={fs.msize}")
+            report.add("filesystem", True, f"9p ({FSDEV_OPTIONS}), msize={fs.msize}; rootfs cache={fs.cache}, "
+                                           f"volumes cache={fs.volume_cache}"
+                                           + (" (a second device)" if fs.volume_tag != share.tag else ""))
             report.boot = {
                 "accelerator": accelerator,
                 "accelerator_forced": probe is None,

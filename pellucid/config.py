@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
-from .messages import MSIZE_MAX, MSIZE_MIN, SHARE_CACHES
+from .messages import MSIZE_MAX, MSIZE_MIN, SHARE_CACHES, SHARE_TAG, VOLUME_TAG
 
 DEFAULT_PATH = "/etc/pellucid/config.toml"
 ENV_PATH = "PELLUCID_CONFIG"
@@ -53,11 +53,22 @@ class NetworkConfig:
 class FilesystemConfig:
     """How the container's rootfs and volumes reach the VM (9p; see the README's "Files" section)."""
 
-    #: the guest's 9p cache: "loose" (cached; written back at each exit and pause, dropped before each
-    #: exec), "mmap" (nothing cached but mmap'ed pages: every access asks the host) or "none"
+    #: the guest's 9p cache for the container's rootfs: "loose" (cached; written back at each exit and
+    #: pause, dropped before each exec), "mmap" (nothing cached but mmap'ed pages: every access asks
+    #: the host) or "none"
     cache: str = "loose"
+    #: the same for bind-mounted volumes, which the host and other containers change at any time
+    volume_cache: str = "mmap"
     #: the largest 9p message in bytes (6.1's virtio transport takes up to 512000)
     msize: int = 512000
+
+    @property
+    def volume_tag(self) -> str:
+        """The 9p share volumes reach the guest by: the rootfs's own unless their cache modes differ."""
+        return VOLUME_TAG if self.volume_cache != self.cache else SHARE_TAG
+
+    def cache_of(self, tag: str) -> str:
+        return self.volume_cache if tag == VOLUME_TAG else self.cache
 
 
 @dataclass(frozen=True)
@@ -106,8 +117,9 @@ def parse(text: str, path: str = "<string>") -> Config:
     assets = _section(AssetsConfig, data.get("assets", {}), "assets")
     network = _section(NetworkConfig, data.get("network", {}), "network")
     fs = _section(FilesystemConfig, data.get("filesystem", {}), "filesystem")
-    if fs.cache not in SHARE_CACHES:
-        raise ConfigError(f"{path}: filesystem.cache must be one of {', '.join(SHARE_CACHES)}")
+    for key in ("cache", "volume_cache"):
+        if getattr(fs, key) not in SHARE_CACHES:
+            raise ConfigError(f"{path}: filesystem.{key} must be one of {', '.join(SHARE_CACHES)}")
     if not MSIZE_MIN <= fs.msize <= MSIZE_MAX:
         raise ConfigError(f"{path}: filesystem.msize must be between {MSIZE_MIN} and {MSIZE_MAX}")
     if network.mode not in NETWORK_MODES:

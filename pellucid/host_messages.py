@@ -76,7 +76,8 @@ class VMInfo(Record):
     """A booted VM, as its monitor reports it (and the container's state keeps it)."""
 
     FIELDS = {"accelerator": str, "machine": str, "guest_kernel": str, "boot_id": str, "rootfs_dax": bool,
-              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int, "share_cache": str}
+              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int, "share_cache": str,
+              "volume_cache": str}
     __slots__ = tuple(FIELDS)
 
 

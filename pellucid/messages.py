@@ -23,6 +23,9 @@ GUEST_RUN = "/run/pellucid"
 GUEST_SHARED = f"{GUEST_RUN}/shared"  # the host's 9p shares are mounted at GUEST_SHARED/<tag>
 GUEST_BUNDLES = f"{GUEST_RUN}/bundles"  # the agent writes each container's config.json here
 SHARE_TAG = "sandbox"  # the 9p tag of the sandbox's shared directory (container root filesystems, binds)
+# The same directory exported a second time, for the volumes, when they are mounted with another cache
+# mode than the root filesystems (one 9p device serves one guest mount).
+VOLUME_TAG = "volumes"
 
 
 def share_mount_point(tag: str) -> str:

@@ -73,7 +73,10 @@ class Monitor:
         cfg = load_config(desc.config or None)
         assets = resolve(cfg)
         accelerator, _ = accel.choose(cfg, assets, os.path.dirname(self.vm_dir.rstrip("/")))
+        fs = cfg.filesystem
         shares = tuple(qemu_args.Share(s.tag, s.path) for s in desc.shares)
+        if fs.volume_tag != messages.SHARE_TAG:  # the volumes' own device on the same directory
+            shares += tuple(qemu_args.Share(fs.volume_tag, s.path) for s in shares if s.tag == messages.SHARE_TAG)
         net = desc.network
         nics = tuple(self._nic(n) for n in net.nics)
         console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
@@ -86,14 +89,15 @@ class Monitor:
         for fd in self._tap_fds:
             os.close(fd)
         for share in shares:
-            self.vm.agent.call(messages.MountShare(share.tag, cfg.filesystem.cache, cfg.filesystem.msize),
+            self.vm.agent.call(messages.MountShare(share.tag, fs.cache_of(share.tag), fs.msize),
                                timeout=cfg.hypervisor.boot_timeout)
         if net.nics:
             self.vm.agent.call(net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
         self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
                            boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
                            boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
-                           vcpus=spec.vcpus, memory_mib=spec.memory_mib, share_cache=cfg.filesystem.cache)
+                           vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+                           share_cache=fs.cache, volume_cache=fs.cache_of(fs.volume_tag))
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""

@@ -99,7 +99,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
         netns.refuse_host(netns_path)  # before any hook, shim or tap
     hooks = {stage: oci.hooks_of(config, stage) for stage in ("prestart", "createRuntime", "poststart",
                                                                "poststop")}
-    guest_cfg, binds = guest_config.translate(config, bundle, id, messages.SHARE_TAG)  # refuses before any boot
+    guest_cfg, binds = guest_config.translate(config, bundle, id, messages.SHARE_TAG,  # refuses before any boot
+                                              volume_tag=cfg.filesystem.volume_tag)
     with store.create(id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), kind=kind,
                       sandbox=sandbox_id if kind == "container" else id,
                       annotations=config.get("annotations") or {}) as st:

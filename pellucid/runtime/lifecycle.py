@@ -65,7 +65,7 @@ def share_caches(store: Store, st: ContainerState) -> bool:
             st = store.load(st.sandbox)
         except NotFound:
             return False
-    return st.vm.share_cache in messages.SHARE_CACHES_WRITE_BACK
+    return bool({st.vm.share_cache, st.vm.volume_cache} & set(messages.SHARE_CACHES_WRITE_BACK))
 
 
 def sync_shares(host: Host, store: Store, st: ContainerState, invalidate: bool) -> None:

@@ -122,12 +122,15 @@ def test_monitor_boot_hands_the_description_to_qemu_and_the_agent(tmp_path, monk
     monitor.boot()
     spec = vms[0].spec
     assert (spec.vcpus, spec.memory_mib, spec.name) == (2, 384, "pellucid-c1")
-    assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s")]
+    # The volumes: the same directory by a second device, mounted without the rootfs's cache.
+    assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s"), ("volumes", "/s")]
     assert [(n.tap, n.mac, n.mtu) for n in spec.nics] == [("pltap0", "02:42:a9:fe:4d:02", 1450)]
     assert vms[0].agent_calls == [
         ("mount_share", {"tag": "sandbox", "cache": "loose", "msize": 512000}),
+        ("mount_share", {"tag": "volumes", "cache": "mmap", "msize": 512000}),
         ("configure_network", {"nics": [nic.for_guest()], "routes": [], "dns_relay": True})]
     info = monitor.info
     assert (info.accelerator, info.vcpus, info.memory_mib, info.guest_kernel, info.boot_ms) == ("tcg", 2, 384,
                                                                                                 "6.1.0-fake", 3)
+    assert (info.share_cache, info.volume_cache) == ("loose", "mmap")
     assert MonitorReady.from_json(MonitorReady(ok=True, info=info).to_json()).info == info
