@@ -63,7 +63,7 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Docker
         config.write_text(f'[assets]\ndir = "{ASSETS}"\n[hypervisor]\nboot_timeout = 180\n'
                           f'[filesystem]\ncache = "{cache}"\nvolume_cache = "{volume_cache}"\n')
         runtimes[f"pellucid-{name}"] = str(harness.configured_runtime(tmp / f"pellucid-{name}", PELLUCID, config))
-    with harness.Dockerd(runtimes=runtimes) as d:
+    with harness.Dockerd(runtimes=runtimes, bip="169.254.78.1/24", address_pool="169.254.108.0/22") as d:
         d.import_image(harness.busybox_tarball(tmp), IMAGE)
         d.containers = {}
         yield d
@@ -76,7 +76,8 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Docker
 @pytest.fixture(params=list(CONFIGS))
 def ctr(request: pytest.FixtureRequest, dockerd: harness.Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Ctr:
     """One running container per configuration, shared by this module's checks."""
-    keep_on_failure(request.node, *dockerd.logs())
+    assert dockerd.dir is not None
+    keep_on_failure(request.node, *dockerd.logs(), dockerd.dir / "x")  # pellucid's VM and monitor logs
     name = request.param
     if name not in dockerd.containers:
         dockerd.containers[name] = Ctr(dockerd, f"pellucid-{name}", tmp_path_factory.mktemp(f"vol-{name}"))
