@@ -102,9 +102,6 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
             assert vm.timeline is not None and vm.agent is not None
             fs = cfg.filesystem
             vm.agent.call(messages.MountShare(share.tag, fs.cache, fs.msize), timeout=cfg.hypervisor.boot_timeout)
-            report.add("filesystem", True, f"9p ({FSDEV_OPTIONS}), msize={fs.msize}; rootfs cache={fs.cache}, "
-                                           f"volumes cache={fs.volume_cache}"
-                                           + (" (a second device)" if fs.volume_tag != share.tag else ""))
             report.boot = {
                 "accelerator": accelerator,
                 "accelerator_forced": probe is None,
@@ -120,6 +117,10 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
             }
         report.add("boot", True, f"guest {hello.kernel} answered under {accelerator} "
                                  f"in {report.boot['boot_ms']} ms")
+        report.add("filesystem", True, f"9p ({FSDEV_OPTIONS}), msize={fs.msize}; rootfs cache={fs.cache}, "
+                                       f"volumes cache={fs.volume_cache}"
+                                       + (" (a second device)" if fs.volume_tag != share.tag else "")
+                                       + ": a share mounted so in the guest")
         if cfg.hypervisor.machine == "q35":
             report.add("dax", hello.rootfs_dax, "guest root mounted with DAX" if hello.rootfs_dax
                        else "guest root is not DAX-mounted")
