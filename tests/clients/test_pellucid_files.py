@@ -182,4 +182,5 @@ def test_bench_fs_short_form(tmp_path: Path) -> None:
     for row in ("find /usr, first walk", "python3 -c", "docker run --rm", "mmap, touch every page"):
         assert row in out.stdout
     results = json.loads((tmp_path / "fs.json").read_text())["results"]
-    assert results["pellucid-loose-mmap"]["rootfs"]["entries"] == results["runc"]["rootfs"]["entries"] > 1000
+    entries = results["runc"]["rootfs"]["entries"]
+    assert results["pellucid-loose-mmap"]["rootfs"]["entries"] == entries and entries[0] > 1000
