@@ -77,10 +77,24 @@ def host_checks(cfg: Config, report: Report) -> bool:
     return qemu_ok
 
 
+def template_check(cfg: Config, report: Report) -> None:
+    """Whether VMs start as clones of templates, where those are, and the cgroup their builds run in."""
+    hv = cfg.hypervisor
+    if not hv.templates:
+        report.add("templates", True, "off (hypervisor.templates = false): every VM boots cold", required=False)
+        return
+    from .vm import cloning, template
+    where = ", ".join(cloning.template_cgroups()) or "the caller's cgroup (none mounted)"
+    built = len(template.list_templates(hv.template_dir))
+    report.add("templates", True, f"on: VMs start as clones of templates of their size class in {hv.template_dir} "
+                                  f"({built} built), built in {where}", required=False)
+
+
 def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
     report = Report()
     if not host_checks(cfg, report):
         return report
+    template_check(cfg, report)
     try:
         assets = resolve(cfg)
     except PellucidError as err:

@@ -25,7 +25,7 @@ GLOBAL_FLAGS = {
     "--log": ("log", VALUE, ""),
     "--log-format": ("log_format", VALUE, "text"),
     "--debug": ("debug", BOOL, False),
-    "--systemd-cgroup": ("systemd_cgroup", BOOL, False),  # accepted: the guest's cgroups are pellucid's
+    "--systemd-cgroup": ("systemd_cgroup", BOOL, False),  # cgroupsPath is "slice:prefix:name"
     "--rootless": ("rootless", VALUE, "false"),  # accepted: pellucid runs as root
     "--config": ("config", VALUE, None),
     "--version": ("version", BOOL, False),
@@ -85,6 +85,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], dict, bool, str]] = {
     "env": ("info", "env", (), _JSON, False, "print the configuration in effect and the guest assets"),
     "assets": ("info", "assets", ("action",), {}, False, "build the guest kernel and root image: `assets build`"),
     "version": ("info", "version", (), {}, False, "print the version"),
+    "template": ("template", "template", ("action", "key?"), {
+        **_JSON, "--dir": ("dir", VALUE, ""), "--memory": ("memory", VALUE, ""), "--vcpus": ("vcpus", VALUE, "")},
+        False, "VM templates clones start from: `template list|build|verify|remove [KEY]`"),
     "install": ("install", "install", ("client",), _INSTALL, False,
                 "make docker, containerd, crio or podman able to run pellucid (--default: as their default)"),
     "uninstall": ("install", "uninstall", ("client",), _UNINSTALL, False,
@@ -204,13 +207,20 @@ def _run(argv: list[str]) -> int:
     except UsageError as err:
         log.error(f"pellucid: {err}")
         return 2
+    if args.log_format not in ("text", "json"):
+        log.setup(args.log, "text", args.debug)
+        log.error(f"pellucid: invalid value {args.log_format!r} for flag --log-format: use text or json")
+        return 2
     log.setup(args.log, args.log_format, args.debug)
     if args.help or not args.command:
         print(usage(args.command if args.help else ""))
         return 0
     module_name, function, *_ = COMMANDS[args.command]
-    module = __import__(f"pellucid.commands.{module_name}", fromlist=[function])
     try:
+        if getattr(args, "id", None) is not None:
+            from .ids import check
+            check(args.id)  # before any path is built from it
+        module = __import__(f"pellucid.commands.{module_name}", fromlist=[function])
         return getattr(module, function)(args)
     except PellucidError as err:
         log.error(f"pellucid: {err}")
@@ -220,6 +230,11 @@ def _run(argv: list[str]) -> int:
     except OSError as err:  # writing the output to a broken stdout, among others
         where = f"{err.filename}: " if err.filename else ""
         log.error(f"pellucid: {where}{(err.strerror or str(err)).lower()}")
+        return 1
+    except (ValueError, UnicodeError) as err:  # bad input that no check caught: still its cause, one line
+        import traceback
+        log.debug(traceback.format_exc())
+        log.error(f"pellucid: invalid input: {err}")
         return 1
     except Exception as err:  # a bug: still an error line in the log, and runc's exit status
         import traceback

@@ -31,6 +31,10 @@ class HypervisorConfig:
     debug_console: bool = False
     #: seconds to wait for the agent's handshake after QEMU starts
     boot_timeout: float = 30.0
+    #: start each VM as a clone of a template of its size class (built on first need); false: boot cold
+    templates: bool = True
+    #: where templates are kept: their RAM files, so a tmpfs
+    template_dir: str = "/dev/shm/pellucid-templates"
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,26 @@ class FilesystemConfig:
 
 
 @dataclass(frozen=True)
+class OverheadConfig:
+    """What a VM costs the host beyond its container's limits, added to them in its host cgroup."""
+
+    #: QEMU outside guest RAM, the monitor and the shims, and under TCG QEMU's translated-code cache;
+    #: the guest's base RAM (hypervisor.memory_mib) is added to it
+    memory_mib: int = 192
+    #: thousandths of a CPU added to the CPU quota and to the shares: the guest kernel and agent
+    cpu_millis: int = 250
+    #: the bound on the VM's host processes and threads (QEMU's, the monitor's, the shims')
+    pids: int = 512
+
+
+@dataclass(frozen=True)
 class Config:
     path: str = ""
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     filesystem: FilesystemConfig = field(default_factory=FilesystemConfig)
+    overhead: OverheadConfig = field(default_factory=OverheadConfig)
 
     @property
     def kernel_path(self) -> str:
@@ -110,7 +128,7 @@ def parse(text: str, path: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
-    unknown = set(data) - {"hypervisor", "assets", "network", "filesystem"}
+    unknown = set(data) - {"hypervisor", "assets", "network", "filesystem", "overhead"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
     hv = _section(HypervisorConfig, data.get("hypervisor", {}), "hypervisor")
@@ -122,6 +140,9 @@ def parse(text: str, path: str = "<string>") -> Config:
             raise ConfigError(f"{path}: filesystem.{key} must be one of {', '.join(SHARE_CACHES)}")
     if not MSIZE_MIN <= fs.msize <= MSIZE_MAX:
         raise ConfigError(f"{path}: filesystem.msize must be between {MSIZE_MIN} and {MSIZE_MAX}")
+    overhead = _section(OverheadConfig, data.get("overhead", {}), "overhead")
+    if overhead.memory_mib < 0 or overhead.cpu_millis < 0 or overhead.pids < 0:
+        raise ConfigError(f"{path}: overhead values must not be negative")
     if network.mode not in NETWORK_MODES:
         raise ConfigError(f"{path}: network.mode must be one of {', '.join(NETWORK_MODES)}")
     if hv.accelerator not in ACCELERATORS:
@@ -132,7 +153,7 @@ def parse(text: str, path: str = "<string>") -> Config:
         raise ConfigError(f"{path}: hypervisor.vcpus must be between 1 and 64")
     if not 64 <= hv.memory_mib <= 65536:
         raise ConfigError(f"{path}: hypervisor.memory_mib must be between 64 and 65536")
-    return Config(path=path, hypervisor=hv, assets=assets, network=network, filesystem=fs)
+    return Config(path=path, hypervisor=hv, assets=assets, network=network, filesystem=fs, overhead=overhead)
 
 
 def load(path: str | None = None) -> Config:

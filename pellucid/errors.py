@@ -49,8 +49,8 @@ class BundleError(ConfigError):
     """A bundle, its config.json or an exec process file is missing or invalid."""
 
 
-class InvalidId(ContainerError):
-    """A container id that runc would refuse."""
+class InvalidId(ContainerError, ValueError):
+    """A container id that pellucid refuses (pellucid.ids); a ValueError too, as bad input."""
 
 
 class HookError(PellucidError):

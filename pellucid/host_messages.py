@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from .records import Record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import messages
+
 
 class Address(Record):
     FIELDS = {"family": int, "address": str, "prefixlen": int}
@@ -29,10 +33,11 @@ class Route(Record):
 
 class Nic(Record):
     """An interface of the container's network namespace and the tap (or macvtap: then ``device``
-    is its /dev/tapN) that joins it to the VM."""
+    is its /dev/tapN) that joins it to the VM; ``ingress``: pellucid added the interface's ingress
+    qdisc (to redirect its traffic to the tap), so removes it at the end."""
 
     FIELDS = {"name": str, "index": int, "mac": str, "mtu": int, "addresses": [Address], "tap": str,
-              "device": str}
+              "device": str, "ingress": bool}
     __slots__ = tuple(FIELDS)
 
     def for_guest(self) -> dict:
@@ -47,7 +52,7 @@ class Network(Record):
     FIELDS = {"nics": [Nic], "routes": [Route], "dns_relay": bool}
     __slots__ = tuple(FIELDS)
 
-    def for_guest(self) -> "messages.ConfigureNetwork":
+    def for_guest(self) -> messages.ConfigureNetwork:
         """The request that gives the guest this network (checked as the agent will check it)."""
         from . import messages  # the monitor's concern: not on the CLI's path that loads states
         return messages.ConfigureNetwork.from_json({
@@ -72,12 +77,22 @@ class VMDescription(Record):
     __slots__ = tuple(FIELDS)
 
 
+class HostCgroup(Record):
+    """A VM's host cgroup (pellucid.runtime.cgroups): its directory in each hierarchy, and the
+    overhead added to the OCI limits there (``memory_overhead`` in bytes, ``cpu_millis`` in
+    thousandths of a CPU, ``pids`` the bound on the VM's host processes and threads)."""
+
+    FIELDS = {"dirs": list, "memory_overhead": int, "cpu_millis": int, "pids": int}
+    __slots__ = tuple(FIELDS)
+
+
 class VMInfo(Record):
-    """A booted VM, as its monitor reports it (and the container's state keeps it)."""
+    """A booted VM, as its monitor reports it (and the container's state keeps it); ``template``: the
+    key of the template it is a clone of ("" for a cold boot)."""
 
     FIELDS = {"accelerator": str, "machine": str, "guest_kernel": str, "boot_id": str, "rootfs_dax": bool,
-              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int, "share_cache": str,
-              "volume_cache": str}
+              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int, "template": str,
+              "share_cache": str, "volume_cache": str}
     __slots__ = tuple(FIELDS)
 
 

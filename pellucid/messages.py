@@ -132,20 +132,24 @@ class Ident(Str):
 class Bytes(Field):
     """Bytes, base64 in JSON."""
 
-    __slots__ = ("max_len",)
+    __slots__ = ("max_len", "min_len")
 
-    def __init__(self, max_len: int) -> None:
+    def __init__(self, max_len: int, min_len: int = 0) -> None:
         super().__init__()
         self.max_len = max_len
+        self.min_len = min_len
 
     def check(self, name: str, value: Any) -> bytes:
-        import binascii  # only the DNS relay sends bytes: kept off the boot path
+        import binascii  # only the DNS relay and a clone's reseed send bytes: kept off the boot path
         if not isinstance(value, str) or len(value) > (self.max_len + 2) // 3 * 4:
             raise ProtocolError(f"field {name!r} is not base64 of at most {self.max_len} bytes")
         try:
-            return binascii.a2b_base64(value, strict_mode=True)
+            data = binascii.a2b_base64(value, strict_mode=True)
         except binascii.Error as err:
             raise ProtocolError(f"field {name!r} is not base64: {err}") from err
+        if not self.min_len <= len(data) <= self.max_len:
+            raise ProtocolError(f"field {name!r} is not {self.min_len} to {self.max_len} bytes")
+        return data
 
     def dump(self, value: bytes) -> str:
         import binascii
@@ -236,6 +240,11 @@ class Request(Record):
     def encode(self, id: int) -> bytes:
         return protocol.request(id, self.OP, self.to_json())
 
+    def read_result(self, value: Any) -> Record | None:
+        """The result of this request read from JSON and checked (against the request too, where
+        the request says what its result must hold)."""
+        return None if self.RESULT is None else self.RESULT.from_json(value)
+
 
 class Event(Record):
     """An unsolicited message from the agent; ``EVENT`` names it on the wire."""
@@ -268,7 +277,16 @@ class Error(Record):
 
 # The handshake.
 
+def _check_mac(name: str, value: str) -> None:
+    parts = value.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+        raise ProtocolError(f"invalid MAC address {name} {value!r}")
+
+
 class HelloResult(Record):
+    """The agent's answer to a :class:`Hello` or a :class:`CloneResumed`: who it is, and when it got here.
+    ``boot_id`` is empty in a template's answer (a template never reads it: see :class:`Hello`)."""
+
     __slots__ = ("version", "kernel", "boot_id", "rootfs_dax", "init_ms", "uptime_ms")
     FIELDS = {"version": Int(0, 255), "kernel": Str(256), "boot_id": Str(64), "rootfs_dax": Bool(),
               "init_ms": Int(0, 1 << 62), "uptime_ms": Int(0, 1 << 62)}
@@ -282,18 +300,88 @@ class HelloResult(Record):
         self.init_ms = init_ms  # guest uptime when PID 1's Python reached the agent's code
         self.uptime_ms = uptime_ms
 
+    @classmethod
+    def from_json(cls, value: Any) -> Self:
+        result = super().from_json(value)
+        if not all(c in "0123456789abcdef-" for c in result.boot_id):
+            raise ProtocolError(f"invalid boot id {result.boot_id!r}")
+        return result
+
+
+def _with_boot_id(result: HelloResult, wanted: bool) -> HelloResult:
+    if wanted and not result.boot_id:
+        raise ProtocolError("no boot id in the answer")
+    if not wanted and result.boot_id:
+        raise ProtocolError("a template's answer has a boot id")
+    return result
+
 
 class Hello(Request):
-    """The first request: the versions must match; the guest's clock is set to the host's."""
+    """The first request: the versions must match; the guest's clock is set to the host's. A
+    ``template``'s agent readies itself to be saved and cloned, and answers without a boot id: the
+    kernel makes the boot id at its first read, which must happen in each clone (:class:`CloneResumed`)."""
 
-    __slots__ = ("version", "time_ns")
+    __slots__ = ("version", "time_ns", "template")
     OP = "hello"
     RESULT = HelloResult
-    FIELDS = {"version": Int(0, 255), "time_ns": Int(0, 1 << 63, optional=True)}
+    FIELDS = {"version": Int(0, 255), "time_ns": Int(0, 1 << 63, optional=True),
+              "template": Bool(optional=True, default=False)}
 
-    def __init__(self, version: int, time_ns: int | None = None) -> None:
+    def __init__(self, version: int, time_ns: int | None = None, template: bool = False) -> None:
         self.version = version
         self.time_ns = time_ns
+        self.template = template
+
+    def read_result(self, value: Any) -> HelloResult:
+        return _with_boot_id(HelloResult.from_json(value), not self.template)
+
+
+class NicSlot(Record):
+    """A clone's NIC: the template's slot it is in (by the slot's MAC) and the MAC it must have."""
+
+    __slots__ = ("slot_mac", "mac")
+    FIELDS = {"slot_mac": Str(17), "mac": Str(17)}
+
+    def __init__(self, slot_mac: str, mac: str) -> None:
+        self.slot_mac = slot_mac
+        self.mac = mac
+
+    @classmethod
+    def from_json(cls, value: Any) -> Self:
+        slot = super().from_json(value)
+        _check_mac("slot_mac", slot.slot_mac)
+        _check_mac("mac", slot.mac)
+        return slot
+
+
+MIN_ENTROPY, MAX_ENTROPY = 32, 512  # bytes the host gives a clone to reseed its RNG from
+
+
+class CloneResumed(Request):
+    """The first request a clone of a template serves: reseed the guest's RNG from ``entropy``, set
+    the clock, give the NICs in the template's slots their MACs; answered with the clone's own boot id."""
+
+    __slots__ = ("entropy", "time_ns", "nics")
+    OP = "clone_resumed"
+    RESULT = HelloResult
+    FIELDS = {"entropy": Bytes(MAX_ENTROPY, MIN_ENTROPY), "time_ns": Int(0, 1 << 63),
+              "nics": ListOf(Nested(NicSlot), 64, optional=True)}
+
+    def __init__(self, entropy: bytes, time_ns: int, nics: list[NicSlot] | None = None) -> None:
+        self.entropy = entropy
+        self.time_ns = time_ns
+        self.nics = nics or []
+
+    @classmethod
+    def from_json(cls, value: Any) -> Self:
+        request = super().from_json(value)
+        slots = {nic.slot_mac.lower() for nic in request.nics}
+        if len(slots) != len(request.nics):
+            raise ProtocolError("two NICs in the same slot")
+        return request
+
+    def read_result(self, value: Any) -> HelloResult:
+        return _with_boot_id(HelloResult.from_json(value), True)
 
 
 class PingResult(Record):
@@ -315,7 +403,7 @@ class Ping(Request):
 # "loose": dentries, attributes and pages cached, writes written back later: the agent writes back
 # before a process's exit is reported and on pause, and drops the caches before an exec.
 SHARE_CACHES = ("none", "mmap", "loose")
-SHARE_CACHES_WRITE_BACK = ("loose",)
+SHARE_CACHES_CACHED = ("loose",)  # the guest keeps pages, names and attributes it read
 MSIZE_MIN, MSIZE_MAX = 8192, 512000  # 6.1's virtio transport caps msize at 125 pages less 3
 
 
@@ -406,9 +494,7 @@ class Nic(Record):
         nic = super().from_json(value)
         if not nic.name or "/" in nic.name or nic.name in (".", ".."):
             raise ProtocolError(f"invalid interface name {nic.name!r}")
-        parts = nic.mac.split(":")
-        if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
-            raise ProtocolError(f"invalid MAC address {nic.mac!r}")
+        _check_mac("mac", nic.mac)
         return nic
 
 
@@ -675,17 +761,42 @@ class Counters(Field):
 _COUNT = Int(0, 1 << 63)
 
 
+class InterfaceStats(Record):
+    """One guest network interface's counters (/sys/class/net/NAME/statistics), as runc names them."""
+
+    NAMES = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "tx_bytes", "tx_packets", "tx_errors",
+             "tx_dropped")
+    __slots__ = ("name",) + NAMES
+    FIELDS = {"name": Str(64), **{n: Int(0, 1 << 63, optional=True, default=0) for n in NAMES}}
+
+    def __init__(self, name: str, **counters: int) -> None:
+        self.name = name
+        for n in self.NAMES:
+            setattr(self, n, counters.get(n, 0))
+
+
+_OPT = Int(0, 1 << 63, optional=True, default=0)
+
+
 class StatsResult(Record):
-    """A container's cgroup statistics, nested on the wire as runc's ``events --stats`` prints them
-    (times in nanoseconds, sizes in bytes)."""
+    """A container's cgroup statistics in the guest, nested on the wire as runc's ``events --stats``
+    prints them (times in nanoseconds, sizes in bytes; a limit of 0: none): memory usage, peak,
+    limit and the times it was hit; CPU time and throttling; pids; the VM's network interfaces
+    (which are the container's network namespace's)."""
 
     __slots__ = ("cpu_total", "cpu_user", "cpu_kernel", "memory_usage", "memory_limit", "memory_cache",
-                 "memory_raw", "pids_current")
+                 "memory_raw", "pids_current", "memory_max", "memory_failcnt", "pids_limit", "cpu_periods",
+                 "cpu_throttled_periods", "cpu_throttled_time", "network")
     FIELDS = {"cpu_total": _COUNT, "cpu_user": _COUNT, "cpu_kernel": _COUNT, "memory_usage": _COUNT,
-              "memory_limit": _COUNT, "memory_cache": _COUNT, "memory_raw": Counters(), "pids_current": _COUNT}
+              "memory_limit": _COUNT, "memory_cache": _COUNT, "memory_raw": Counters(), "pids_current": _COUNT,
+              "memory_max": _OPT, "memory_failcnt": _OPT, "pids_limit": _OPT, "cpu_periods": _OPT,
+              "cpu_throttled_periods": _OPT, "cpu_throttled_time": _OPT,
+              "network": ListOf(Nested(InterfaceStats), 256, optional=True)}
 
     def __init__(self, cpu_total: int, cpu_user: int, cpu_kernel: int, memory_usage: int, memory_limit: int,
-                 memory_cache: int, memory_raw: dict[str, int], pids_current: int) -> None:
+                 memory_cache: int, memory_raw: dict[str, int], pids_current: int, memory_max: int = 0,
+                 memory_failcnt: int = 0, pids_limit: int = 0, cpu_periods: int = 0, cpu_throttled_periods: int = 0,
+                 cpu_throttled_time: int = 0, network: list[InterfaceStats] | None = None) -> None:
         self.cpu_total = cpu_total
         self.cpu_user = cpu_user
         self.cpu_kernel = cpu_kernel
@@ -694,6 +805,13 @@ class StatsResult(Record):
         self.memory_cache = memory_cache
         self.memory_raw = memory_raw  # memory.stat
         self.pids_current = pids_current
+        self.memory_max = memory_max  # memory.peak
+        self.memory_failcnt = memory_failcnt  # memory.events "max": times the limit was hit
+        self.pids_limit = pids_limit  # 0: no limit
+        self.cpu_periods = cpu_periods
+        self.cpu_throttled_periods = cpu_throttled_periods
+        self.cpu_throttled_time = cpu_throttled_time
+        self.network = network or []
 
     @classmethod
     def from_json(cls, value: Any) -> Self:
@@ -704,16 +822,27 @@ class StatsResult(Record):
         return super().from_json({
             "cpu_total": part(value, "cpu", "usage", "total"), "cpu_user": part(value, "cpu", "usage", "user"),
             "cpu_kernel": part(value, "cpu", "usage", "kernel"),
+            "cpu_periods": part(value, "cpu", "throttling", "periods"),
+            "cpu_throttled_periods": part(value, "cpu", "throttling", "throttled_periods"),
+            "cpu_throttled_time": part(value, "cpu", "throttling", "throttled_time"),
             "memory_usage": part(value, "memory", "usage", "usage"),
-            "memory_limit": part(value, "memory", "usage", "limit"), "memory_cache": part(value, "memory", "cache"),
-            "memory_raw": part(value, "memory", "raw"), "pids_current": part(value, "pids", "current")})
+            "memory_limit": part(value, "memory", "usage", "limit"),
+            "memory_max": part(value, "memory", "usage", "max"),
+            "memory_failcnt": part(value, "memory", "usage", "failcnt"),
+            "memory_cache": part(value, "memory", "cache"), "memory_raw": part(value, "memory", "raw"),
+            "pids_current": part(value, "pids", "current"), "pids_limit": part(value, "pids", "limit"),
+            "network": part(value, "network_interfaces")})
 
     def to_json(self) -> Any:
         return {
-            "cpu": {"usage": {"total": self.cpu_total, "user": self.cpu_user, "kernel": self.cpu_kernel}},
-            "memory": {"usage": {"usage": self.memory_usage, "limit": self.memory_limit},
+            "cpu": {"usage": {"total": self.cpu_total, "user": self.cpu_user, "kernel": self.cpu_kernel},
+                    "throttling": {"periods": self.cpu_periods, "throttled_periods": self.cpu_throttled_periods,
+                                   "throttled_time": self.cpu_throttled_time}},
+            "memory": {"usage": {"usage": self.memory_usage, "max": self.memory_max, "failcnt": self.memory_failcnt,
+                                 "limit": self.memory_limit},
                        "cache": self.memory_cache, "raw": self.memory_raw},
-            "pids": {"current": self.pids_current},
+            "pids": {"current": self.pids_current, "limit": self.pids_limit},
+            "network_interfaces": [i.to_json() for i in self.network],
         }
 
 
@@ -731,8 +860,8 @@ class Shutdown(Request):
 
 
 REQUESTS: dict[str, type[Request]] = {cls.OP: cls for cls in (
-    Hello, Ping, MountShare, SyncShares, ConfigureNetwork, DnsReply, CreateContainer, StartContainer, ExecProcess,
-    SignalProcess, Resize, PauseContainer, ResumeContainer, DeleteContainer, UpdateContainer, Ps, Stats,
+    Hello, CloneResumed, Ping, MountShare, SyncShares, ConfigureNetwork, DnsReply, CreateContainer, StartContainer,
+    ExecProcess, SignalProcess, Resize, PauseContainer, ResumeContainer, DeleteContainer, UpdateContainer, Ps, Stats,
     Shutdown)}
 
 

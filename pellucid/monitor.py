@@ -16,20 +16,22 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
 
 from . import messages, protocol, sockets
 from .config import load as load_config
 from .errors import PellucidError, VMError
 from .host_messages import MonitorReady, Nic, VMDescription, VMInfo
 from .runtime import netns
-from .vm import accel, qemu_args
+from .vm import accel, cloning, qemu_args
 from .vm.assets import resolve
 from .vm.machine import VM
 from .vm.spec import make_spec
 
 SOCKET = "monitor.sock"
-MAX_CLIENT_BUFFER = 16 << 20
+# Backpressure, never a dropped connection: a client is not read from while this much waits for it
+# (it is not reading its responses) or for the agent. Stream data is bounded by its windows.
+MAX_CLIENT_BUFFER = 4 << 20
+MAX_AGENT_BUFFER = 4 << 20
 # Requests the monitor answers itself; the rest go to the agent.
 LOCAL_OPS = (messages.Shutdown.OP,)
 CREATING_OPS = (messages.CreateContainer.OP, messages.ExecProcess.OP)
@@ -42,6 +44,7 @@ class Conn:
         self.reader = protocol.FrameReader()
         self.out = bytearray()
         self.processes: set[int] = set()
+        self.events = 0  # the selector events it is registered for
 
 
 class Monitor:
@@ -58,6 +61,7 @@ class Monitor:
         self.pending: dict[int, tuple[Conn | None, int, str]] = {}  # agent id -> (conn, client id, op)
         self.dns: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> (socket, query id, sent at)
         self.owners: dict[int, Conn] = {}  # process number -> connection that created it
+        self.windows: dict[int, protocol.Window] = {}  # stream id -> its sender's credit, per live process
         self.next_id = 1
         self.vm: VM | None = None
         self.info = VMInfo()
@@ -82,10 +86,18 @@ class Monitor:
         console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
         spec = make_spec(cfg, assets, accelerator, name=f"pellucid-{desc.id}", console_file=console,
                          shares=shares, nics=nics, vcpus=desc.vcpus or None, memory_mib=desc.memory_mib or None)
-        self.vm = VM(spec, self.vm_dir)
-        self.vm.start()
-        hello = self.vm.handshake(cfg.hypervisor.boot_timeout)
-        assert self.vm.agent is not None and self.vm.timeline is not None
+        self.vm, template = None, ""
+        if cfg.hypervisor.templates:
+            try:
+                self.vm, template = cloning.start(cfg, spec, self.vm_dir)
+            except (PellucidError, OSError) as err:
+                print(f"pellucid-monitor: booting cold, not as a clone: {err}", file=sys.stderr)
+        if self.vm is None:
+            self.vm = VM(spec, self.vm_dir)
+            self.vm.start()
+            self.vm.handshake(cfg.hypervisor.boot_timeout)
+        hello, spec = self.vm.hello, self.vm.spec  # a clone's size is its class's
+        assert hello is not None and self.vm.agent is not None and self.vm.timeline is not None
         for fd in self._tap_fds:
             os.close(fd)
         for share in shares:
@@ -96,7 +108,7 @@ class Monitor:
         self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
                            boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
                            boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
-                           vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+                           vcpus=spec.vcpus, memory_mib=spec.memory_mib, template=template,
                            share_cache=fs.cache, volume_cache=fs.cache_of(fs.volume_tag))
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:
@@ -135,35 +147,77 @@ class Monitor:
         sock.setblocking(False)
         conn = Conn(sock)
         self.conns[sock.fileno()] = conn
-        self.selector.register(sock, selectors.EVENT_READ, lambda mask, c=conn: self._on_conn(c, mask))
+        self._watch(conn)
+
+    def _watch(self, conn: Conn) -> None:
+        """Register ``conn`` for writing while bytes wait for it, for reading unless it or the agent is behind."""
+        events = selectors.EVENT_WRITE if conn.out else 0
+        if len(conn.out) < MAX_CLIENT_BUFFER and len(self.agent_out) < MAX_AGENT_BUFFER:
+            events |= selectors.EVENT_READ
+        if events == conn.events:
+            return
+        if not events:
+            self.selector.unregister(conn.sock)
+        elif conn.events:
+            self.selector.modify(conn.sock, events, lambda mask, c=conn: self._on_conn(c, mask))
+        else:
+            self.selector.register(conn.sock, events, lambda mask, c=conn: self._on_conn(c, mask))
+        conn.events = events
 
     def _close(self, conn: Conn) -> None:
+        if conn.sock.fileno() < 0:
+            return
         self.conns.pop(conn.sock.fileno(), None)
-        try:
+        if conn.events:
             self.selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
+            conn.events = 0
         conn.sock.close()
         for number in conn.processes:
-            self.owners.pop(number, None)
+            self._orphan(number)
+        conn.processes.clear()
+
+    def _opened(self, conn: Conn, number: int) -> None:
+        """Process ``number`` was made for ``conn``: its streams start with full windows."""
+        for fd in (protocol.STDIN, protocol.STDOUT, protocol.STDERR):
+            self.windows[protocol.stream_id(number, fd)] = protocol.Window()
+        if conn.sock.fileno() < 0:
+            self._orphan(number)
+            return
+        self.owners[number] = conn
+        conn.processes.add(number)
+
+    def _orphan(self, number: int) -> None:
+        """The connection of process ``number`` is gone: its stdin ends and its output is discarded."""
+        self.owners.pop(number, None)
+        if self.running:
+            self._send_agent(protocol.stream(protocol.stream_id(number, protocol.STDIN), b""))
+
+    def _ended(self, number: int) -> None:
+        """Process ``number`` has exited and its streams are closed."""
+        for fd in (protocol.STDIN, protocol.STDOUT, protocol.STDERR):
+            self.windows.pop(protocol.stream_id(number, fd), None)
+        conn = self.owners.pop(number, None)
+        if conn is not None:
+            conn.processes.discard(number)
 
     def _send(self, conn: Conn, data: bytes) -> None:
         if conn.sock.fileno() < 0:
             return
-        if len(conn.out) + len(data) > MAX_CLIENT_BUFFER:
-            print("pellucid-monitor: client not reading, dropping its connection", file=sys.stderr)
-            self._close(conn)
-            return
         conn.out += data
-        self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                             lambda mask, c=conn: self._on_conn(c, mask))
+        self._watch(conn)
 
     def _send_agent(self, data: bytes) -> None:
         assert self.vm is not None and self.vm.agent is not None
+        behind = len(self.agent_out) >= MAX_AGENT_BUFFER
         self.agent_out += data
         self.selector.modify(self.vm.agent.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_agent)
+        if not behind and len(self.agent_out) >= MAX_AGENT_BUFFER:
+            for conn in list(self.conns.values()):
+                self._watch(conn)
 
     def _on_conn(self, conn: Conn, mask: int) -> None:
+        if conn.sock.fileno() < 0:
+            return  # closed by an earlier callback of the same select
         if mask & selectors.EVENT_WRITE and conn.out:
             try:
                 n = conn.sock.send(conn.out)
@@ -173,8 +227,7 @@ class Monitor:
             except OSError:
                 self._close(conn)
                 return
-            if not conn.out:
-                self.selector.modify(conn.sock, selectors.EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
+            self._watch(conn)
         if mask & selectors.EVENT_READ:
             try:
                 data = conn.sock.recv(65536)
@@ -193,10 +246,18 @@ class Monitor:
                 self._close(conn)
 
     def _from_client(self, conn: Conn, frame: protocol.Frame) -> None:
-        if frame.kind == protocol.STREAM:
+        if frame.kind in (protocol.STREAM, protocol.CREDIT):
             number, fd = protocol.split_stream_id(frame.id)
-            if number in conn.processes and fd == protocol.STDIN:
+            window = self.windows.get(frame.id)
+            if number not in conn.processes or window is None:
+                return
+            if frame.kind == protocol.STREAM and fd == protocol.STDIN:
+                window.take(len(frame.payload))
                 self._send_agent(protocol.stream(frame.id, frame.payload))
+            elif frame.kind == protocol.CREDIT and fd != protocol.STDIN:
+                granted = protocol.parse_credit(frame)
+                window.grant(granted)
+                self._send_agent(protocol.credit(frame.id, granted))
             return
         if frame.kind != protocol.REQUEST:
             return
@@ -231,6 +292,7 @@ class Monitor:
         assert self.vm is not None and self.vm.agent is not None
         sock = self.vm.agent.sock
         if mask & selectors.EVENT_WRITE and self.agent_out:
+            behind = len(self.agent_out) >= MAX_AGENT_BUFFER
             try:
                 n = sock.send(self.agent_out)
                 del self.agent_out[:n]
@@ -238,6 +300,9 @@ class Monitor:
                 pass
             if not self.agent_out:
                 self.selector.modify(sock, selectors.EVENT_READ, self._on_agent)
+            if behind and len(self.agent_out) < MAX_AGENT_BUFFER:
+                for conn in list(self.conns.values()):
+                    self._watch(conn)
         if mask & selectors.EVENT_READ:
             try:
                 data = sock.recv(1 << 18)
@@ -268,14 +333,10 @@ class Monitor:
             if op in CREATING_OPS:
                 number = _created_process(frame)
                 if number is not None:
-                    self.owners[number] = conn
-                    conn.processes.add(number)
+                    self._opened(conn, number)
             self._send(conn, protocol.encode(protocol.RESPONSE, client_id, frame.payload))
-        elif frame.kind == protocol.STREAM:
-            number, _ = protocol.split_stream_id(frame.id)
-            owner = self.owners.get(number)
-            if owner is not None:
-                self._send(owner, protocol.stream(frame.id, frame.payload))
+        elif frame.kind in (protocol.STREAM, protocol.CREDIT):
+            self._stream_from_agent(frame)
         elif frame.kind == protocol.EVENT:
             event = messages.read_event(frame.json())  # an invalid one stops the VM, as a bad frame does
             if isinstance(event, messages.DnsQuery):
@@ -284,6 +345,32 @@ class Monitor:
                 owner = self.owners.get(event.process)
                 if owner is not None:
                     self._send(owner, protocol.encode(protocol.EVENT, 0, frame.payload))
+                self._ended(event.process)
+
+    def _stream_from_agent(self, frame: protocol.Frame) -> None:
+        """Output (checked against its window) to the process's connection, or discarded if it has
+        gone; credit for stdin back to the connection that sends it."""
+        number, fd = protocol.split_stream_id(frame.id)
+        window = self.windows.get(frame.id)
+        if window is None:
+            return  # a stream of no live process
+        owner = self.owners.get(number)
+        if frame.kind == protocol.CREDIT:
+            if fd != protocol.STDIN:
+                raise protocol.ProtocolError(f"the agent granted credit on its own stream {frame.id}")
+            granted = protocol.parse_credit(frame)
+            window.grant(granted)
+            if owner is not None:
+                self._send(owner, protocol.credit(frame.id, granted))
+            return
+        if fd == protocol.STDIN:
+            raise protocol.ProtocolError(f"the agent sent data on stdin stream {frame.id}")
+        window.take(len(frame.payload))
+        if owner is not None:
+            self._send(owner, protocol.stream(frame.id, frame.payload))
+        elif frame.payload:
+            window.grant(len(frame.payload))
+            self._send_agent(protocol.credit(frame.id, len(frame.payload)))
 
     # Docker's embedded DNS, asked in the container's namespace on the guest's behalf.
 
@@ -324,6 +411,7 @@ class Monitor:
                 sock.close()
 
     def close(self) -> None:
+        self.running = False
         for conn in list(self.conns.values()):
             self._close(conn)
         if self.vm is not None:

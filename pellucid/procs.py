@@ -111,3 +111,24 @@ def stop(pid: int, start: int, *, ask: Callable[[], object] | None = None, term:
         return _exited(fd, timeout)
     finally:
         os.close(fd)
+
+
+def find(argv: list[str]) -> list[tuple[int, int]]:
+    """(pid, start) of every live process whose command line, after its program, begins with
+    ``argv``: how a process is found that was started by a command killed before it recorded it."""
+    want = b"\0".join(os.fsencode(a) for a in argv) + b"\0"
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read(65536)
+        except OSError:
+            continue
+        _, sep, rest = cmdline.partition(b"\0")
+        if sep and rest.startswith(want):
+            start = proc_start_time(int(name))
+            if start is not None and alive(int(name), start):
+                found.append((int(name), start))
+    return found

@@ -13,6 +13,8 @@ A frame is a 12-byte header followed by a payload:
 - EVENT    (JSON)  ``{"event": str, ...}``, unsolicited, ``id`` 0.
 - STREAM   (raw)   bytes of one stdio stream of one process; ``id`` names the stream
   (see :func:`stream_id`); an empty payload closes it.
+- CREDIT   (u32)   the receiver of stream ``id`` grants its sender that many more bytes
+  (see "Flow control" below).
 
 Everything read from the other side is bounded (:data:`MAX_PAYLOAD`) and validated: the
 guest is not trusted.
@@ -27,7 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and dataclasses cost a third of a second of the guest's boot under TCG
     from typing import Any, Iterator
 
-VERSION = 1
+VERSION = 2
 MAGIC = b"PL"
 HEADER = struct.Struct("!2sBBII")
 MAX_PAYLOAD = 1 << 20
@@ -37,7 +39,8 @@ REQUEST = 1
 RESPONSE = 2
 EVENT = 3
 STREAM = 4
-KINDS = (REQUEST, RESPONSE, EVENT, STREAM)
+CREDIT = 5
+KINDS = (REQUEST, RESPONSE, EVENT, STREAM, CREDIT)
 JSON_KINDS = (REQUEST, RESPONSE, EVENT)
 
 # Stream ids: the agent numbers processes; the low two bits name the stdio stream.
@@ -121,6 +124,50 @@ def split_stream_id(id: int) -> tuple[int, int]:
     if fd == 3:
         raise ProtocolError(f"stream id {id} names no stdio stream")
     return id >> 2, fd
+
+
+# Flow control. The one channel carries every stream, so it is never paused: each stream has a
+# window instead. Its sender may have up to STREAM_WINDOW bytes sent and not yet consumed; the
+# final receiver (the agent writing a process's stdin, the shim writing to its caller's output)
+# grants bytes back with a CREDIT frame as it consumes them. Every stream starts with a full
+# window. The monitor in the middle checks both directions, so its buffers stay bounded.
+
+STREAM_WINDOW = 512 * 1024
+_CREDIT = struct.Struct("!I")
+
+
+def credit(id: int, granted: int) -> bytes:
+    """A CREDIT frame granting ``granted`` more bytes on stream ``id``."""
+    return encode(CREDIT, id, _CREDIT.pack(granted))
+
+
+def parse_credit(frame: Frame) -> int:
+    """The bytes a CREDIT frame grants, checked to fit a window."""
+    if frame.kind != CREDIT or len(frame.payload) != _CREDIT.size:
+        raise ProtocolError("malformed credit frame")
+    (granted,) = _CREDIT.unpack(frame.payload)
+    if not 0 < granted <= STREAM_WINDOW:
+        raise ProtocolError(f"credit of {granted} bytes does not fit a window")
+    return granted
+
+
+class Window:
+    """What the sender of one stream may still send before the receiver grants more."""
+
+    __slots__ = ("available",)
+
+    def __init__(self) -> None:
+        self.available = STREAM_WINDOW
+
+    def take(self, n: int) -> None:
+        if n > self.available:
+            raise ProtocolError(f"{n} bytes sent on a stream with {self.available} bytes of credit")
+        self.available -= n
+
+    def grant(self, n: int) -> None:
+        if self.available + n > STREAM_WINDOW:
+            raise ProtocolError("credit granted beyond the stream's window")
+        self.available += n
 
 
 class FrameReader:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import selectors
 import signal
 import struct
@@ -31,6 +32,40 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUI
 VM_GONE_STATUS = 137  # the VM died under the process: report it as killed
 
 
+class Output(threading.Thread):
+    """One output stream of the process, written to the caller's fd in a thread of its own: a
+    blocking write to a slow reader holds up neither signals nor the other stream. Each chunk's
+    credit goes back once it is written, so the VM sends no more than a window ahead of the reader."""
+
+    def __init__(self, shim: Shim, stream_id: int, fd: int, close_at_eof: bool) -> None:
+        super().__init__(daemon=True)
+        self.shim = shim
+        self.stream_id = stream_id
+        self.fd = fd
+        self.close_at_eof = close_at_eof  # a terminal outlives the stream; pipes and FIFOs end with it
+        self.chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        reader_gone = False
+        while True:
+            data = self.chunks.get()
+            if not data:  # EOF: close ours so the reader sees it too
+                if self.close_at_eof:
+                    os.close(self.fd)
+                return
+            if not reader_gone:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self.fd, view):]
+                except OSError:
+                    reader_gone = True  # drop further output, as the process's writes keep succeeding
+            try:
+                self.shim.send(protocol.credit(self.stream_id, len(data)))
+            except OSError:
+                return  # the monitor is gone: the relay loop reports it
+
+
 class Shim:
     def __init__(self, request: ShimRequest) -> None:
         self.request = request
@@ -43,6 +78,9 @@ class Shim:
         self.term_saved: list | None = None
         self.out_fds = {protocol.STDOUT: 1, protocol.STDERR: 2}
         self.in_fd = 0
+        self.outputs: dict[int, Output] = {}  # stream fd -> its writer
+        self.stdin_window = protocol.Window()
+        self.stdin_credit = threading.Condition()
 
     def send(self, data: bytes) -> None:
         with self.send_lock:
@@ -66,8 +104,7 @@ class Shim:
             tty.setraw(0)
         if self.term_fd is not None:
             self.in_fd = self.term_fd
-            out = self.term_fd if console_socket else 1
-            self.out_fds = {protocol.STDOUT: out, protocol.STDERR: out}
+            self.out_fds = {protocol.STDOUT: self.term_fd if console_socket else 1}
 
     def create(self, request: messages.CreateContainer | messages.ExecProcess) -> messages.ProcessResult:
         """Send the request that creates our process; its answer names the process."""
@@ -98,34 +135,29 @@ class Shim:
             self.send(messages.SignalProcess(self.process, int(signum)).encode(3))
 
     def pump_stdin(self) -> None:
-        """Blocking reads in a thread: stdin may be a pipe, a FIFO, a file or a terminal."""
+        """Blocking reads in a thread (stdin may be a pipe, a FIFO, a file or a terminal), each no
+        larger than the credit the agent has granted: what the process has not taken stays unread."""
         sid = protocol.stream_id(self.process, protocol.STDIN)
         try:
             while True:
-                data = os.read(self.in_fd, protocol.MAX_STREAM_CHUNK)
+                with self.stdin_credit:
+                    while not self.stdin_window.available:
+                        self.stdin_credit.wait()
+                    size = min(self.stdin_window.available, protocol.MAX_STREAM_CHUNK)
+                data = os.read(self.in_fd, size)
                 if not data:
                     break
+                with self.stdin_credit:
+                    self.stdin_window.take(len(data))
                 self.send(protocol.stream(sid, data))
             self.send(protocol.stream(sid, b""))
         except OSError:
             pass
 
-    def write_out(self, fd: int, data: bytes) -> None:
-        target = self.out_fds.get(fd)
-        if target is None:
-            return
-        if not data:
-            if self.term_fd is None:  # EOF on the stream: close ours so the reader sees it too
-                os.close(target)
-                self.out_fds.pop(fd)
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(target, view)
-                view = view[n:]
-        except OSError:
-            self.out_fds.pop(fd, None)  # the reader went away: drop further output
+    def stdin_granted(self, granted: int) -> None:
+        with self.stdin_credit:
+            self.stdin_window.grant(granted)
+            self.stdin_credit.notify()
 
     def relay(self) -> int:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -133,6 +165,10 @@ class Shim:
         for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH):
             signal.signal(sig, lambda *_: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        for fd, target in self.out_fds.items():
+            output = Output(self, protocol.stream_id(self.process, fd), target, close_at_eof=self.term_fd is None)
+            output.start()
+            self.outputs[fd] = output
         threading.Thread(target=self.pump_stdin, daemon=True).start()
         self.resize()
         sel = selectors.DefaultSelector()
@@ -140,6 +176,8 @@ class Shim:
         self.sock.settimeout(None)
         sel.register(self.sock, selectors.EVENT_READ, "sock")
         sel.register(wake_r, selectors.EVENT_READ, "signal")
+        for frame in self.reader.feed(b""):  # what arrived with the response that made the process
+            self.handle(frame)
         while self.status is None:
             for key, _ in sel.select():
                 if key.data == "signal":
@@ -154,13 +192,19 @@ class Shim:
                     return VM_GONE_STATUS
                 for frame in self.reader.feed(data):
                     self.handle(frame)
+        for output in self.outputs.values():  # the process's output ended before its exit was reported
+            output.join()
         return self.status
 
     def handle(self, frame: protocol.Frame) -> None:
-        if frame.kind == protocol.STREAM:
+        if frame.kind in (protocol.STREAM, protocol.CREDIT):
             number, fd = protocol.split_stream_id(frame.id)
-            if number == self.process:
-                self.write_out(fd, frame.payload)
+            if number != self.process:
+                return
+            if frame.kind == protocol.CREDIT and fd == protocol.STDIN:
+                self.stdin_granted(protocol.parse_credit(frame))
+            elif frame.kind == protocol.STREAM and fd in self.outputs:
+                self.outputs[fd].chunks.put(frame.payload)
         elif frame.kind == protocol.EVENT:
             try:
                 event = messages.read_event(frame.json())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 
-from .host_messages import Network, VMInfo
+from .host_messages import HostCgroup, Network, VMInfo
 from .procs import alive
 from .records import Record
 
@@ -57,8 +57,9 @@ class ContainerState(Record):
     - ``pid``/``pid_start``: the shim standing for the container's init (its pid and start time,
       pellucid.procs); 0 when there is none yet, or unknown. The runtime stops it through these.
     - ``started``: ``start`` has run. ``paused``: ``pause`` has run and ``resume`` not since.
-    - ``sandbox``: id of the VM/pod sandbox the container lives in (its own id by default).
-    - ``kind``: "single" (one VM per container), "sandbox" (a pod's VM) or "container" (in a pod).
+    - ``sandbox``: id of the container that owns the VM the container lives in (its own by default).
+    - ``kind``: "single" (one VM per container), "sandbox" (a pod's VM) or "container" (in another's
+      VM: its pod's, or that of the container whose namespaces it joined; pellucid.runtime.joins).
     - ``creator_pid``/``creator_start``: the ``create`` command while status is creating, else 0.
     - ``netns``: the network namespace the VM and the shims run in; ``network``: how the VM is
       connected to it (the sandbox's own; empty for a container in a pod).
@@ -67,6 +68,12 @@ class ContainerState(Record):
     - ``vm``: the VM's info (sandbox and single containers); ``monitor_pid``/``monitor_start``:
       its monitor daemon, which owns QEMU.
     - ``process``/``guest_pid``: the init process's number with the agent and its pid in the guest.
+    - ``retired``: deleted, but the state stays to hold its VM while containers that joined its
+      namespaces live (the last of them to go stops the VM and removes it: design.md "VM lifetime").
+    - ``namespaces``: a pod sandbox's namespace paths as its config named them (CRI-O's pinned
+      namespaces, which its containers name again to join the sandbox's: pellucid.runtime.joins).
+    - ``cgroup``: the VM's host cgroup, which holds the shims (of a container that joined a VM: the
+      VM owner's, which removes it).
     """
 
     FIELDS = {
@@ -74,7 +81,8 @@ class ContainerState(Record):
         "pid": int, "pid_start": int, "started": bool, "paused": bool, "sandbox": str, "kind": str,
         "creator_pid": int, "creator_start": int, "netns": str, "network": Network, "poststart": list,
         "poststop": list, "terminal": bool, "vm": VMInfo, "monitor_pid": int, "monitor_start": int,
-        "process": int, "guest_pid": int,
+        "process": int, "guest_pid": int, "cgroup": HostCgroup, "namespaces": dict,
+        "retired": bool,
     }
     REQUIRED = ("id",)
     __slots__ = tuple(FIELDS)

@@ -24,7 +24,10 @@ import errno
 import fcntl
 import json
 import os
+import stat
+import time
 
+from . import ids
 from .errors import ContainerError, ContainerExists, NotFound
 from .mountinfo import mounts_under
 from .procs import proc_start_time
@@ -34,13 +37,13 @@ STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 
 _NOT_FOUND = "container does not exist"
+ABANDONED_AFTER = 10.0  # seconds: a container directory without a lock file older than this is a killed create's
 
 
 def _check_id(id: str) -> None:
-    # Ids are validated by the CLI; this is defence in depth against escaping the root, and
-    # keeps dot-names for the runtime's own entries (".vm", ...), which ids()/list() skip.
-    if not id or "/" in id or "\0" in id or id in (".", "..") or id.startswith("."):
-        raise ValueError(f"invalid container id {id!r}")
+    # The CLI checks ids first; this is defence in depth against escaping the root, and keeps
+    # dot-names for the runtime's own entries (".vm", temporary files), which ids()/list() skip.
+    ids.check(id)
 
 
 class Store:
@@ -117,6 +120,36 @@ class Store:
         except OSError as err:
             raise ContainerError(f"cannot remove {err.filename or path}: {err.strerror}") from err
 
+    def remove_abandoned(self, id: str) -> bool:
+        """Remove the directory of a ``create`` killed before it saved a state (so that no
+        ``delete`` finds it): only if there is no state and no live create holds its lock.
+        Returns whether it was removed."""
+        d = self.dir(id)
+        state = os.path.join(d, STATE_FILE)
+        try:
+            fd = os.open(os.path.join(d, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # killed between mkdir and the lock file, or a create just begun
+            try:
+                if time.time() - os.stat(d).st_mtime < ABANDONED_AFTER:
+                    return False
+            except FileNotFoundError:
+                return False
+            fd = -1
+        except NotADirectoryError:
+            return False
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.exists(state):
+                return False
+            self.remove(id)
+            return True
+        except BlockingIOError:  # its create is alive
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     def ids(self) -> list[str]:
         """Ids of the containers (directories) under the root, sorted; none if there is no root."""
         try:
@@ -145,17 +178,23 @@ class Store:
         return status(state)
 
     def _make_root(self) -> None:
+        """The root, 0700 as runc's: containers' rootfs and volumes are shared below it (a root
+        made by an older pellucid, 0711, is tightened)."""
         try:
-            os.mkdir(self.root, 0o711)
+            os.mkdir(self.root, 0o700)
         except FileExistsError:
-            return
+            pass
         except FileNotFoundError:
             os.makedirs(os.path.dirname(os.path.abspath(self.root)), exist_ok=True)
             try:
-                os.mkdir(self.root, 0o711)
+                os.mkdir(self.root, 0o700)
             except FileExistsError:
-                return
-        os.chmod(self.root, 0o711)  # whatever the umask
+                pass
+        mode = os.stat(self.root).st_mode
+        if not stat.S_ISDIR(mode):
+            raise ContainerError(f"--root {self.root}: not a directory")
+        if mode & 0o7777 != 0o700:
+            os.chmod(self.root, 0o700)
 
 
 class _Lock:
@@ -233,7 +272,7 @@ class _Creation:
         store, st, d = self._store, self._state, self._dir
         store._make_root()
         try:
-            os.mkdir(d, 0o711)
+            os.mkdir(d, 0o700)
         except FileExistsError:
             raise ContainerExists(f"container with id exists: {st.id}") from None
         try:

@@ -10,11 +10,11 @@ Failures are injected by name: ``FakeHost(fail="launch_vm")`` makes that step ra
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pellucid import messages, protocol
 from pellucid.errors import AgentError, ContainerError, VMError
-from pellucid.host_messages import Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
+from pellucid.host_messages import HostCgroup, Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
 from pellucid.procs import proc_start_time
 from pellucid.vm.machine import BootTimeline, State
 
@@ -55,7 +55,7 @@ class FakeAgent:
         if request.OP not in ANSWERS:
             raise AgentError(messages.ERR_UNSUPPORTED, f"unknown operation {request.OP!r}")
         answer = ANSWERS[request.OP]
-        return None if request.RESULT is None else request.RESULT.from_json(answer)
+        return request.read_result(answer)
 
 
 class FakeConnection(FakeAgent):
@@ -151,10 +151,15 @@ class FakeHost:
         self.vms: dict[str, FakeMonitor] = {}
         self.shims: list[FakeShim] = []
         self.stopped_shims: list[tuple[int, int]] = []
+        self.forced_vm_stops: list[str] = []  # the VM directories stopped with force
         self.shares: set[str] = set()
+        self.mount_points: list[tuple[str, bool]] = []
         self.hooks: list[str] = []
         self.containers: set[str] = set()  # in the guests
         self.next_process = 0
+        self.cgroups: dict[str, dict[str, Any]] = {}  # path -> the resources it was made with
+        self.cgroup_updates: list[tuple[str, dict[str, Any]]] = []
+        self.joined: list[tuple[str, list[str]]] = []  # (process, the cgroup dirs it started in)
 
     def step(self, name: str) -> None:
         self.calls.append(name)
@@ -164,13 +169,14 @@ class FakeHost:
     def live(self) -> dict[str, Any]:
         """Whatever exists on the fake host; empty when everything was undone."""
         out = {"netns": sorted(self.netns), "networks": sorted(self.networks), "vms": sorted(self.vms),
-               "shims": [s for s in self.shims if s.alive], "shares": sorted(self.shares)}
+               "shims": [s for s in self.shims if s.alive], "shares": sorted(self.shares), "cgroups": sorted(self.cgroups)}
         return {k: v for k, v in out.items() if v}
 
     # The Host interface.
 
-    def launch_vm(self, vm_dir: str, desc: VMDescription) -> FakeMonitor:
+    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> FakeMonitor:
         self.step("launch_vm")
+        self.joined.append(("monitor", list(cgroup)))
         if vm_dir in self.vms:
             raise VMError(f"a VM runs in {vm_dir} already")
         monitor = self.vms[vm_dir] = FakeMonitor(self, vm_dir, desc)
@@ -182,21 +188,42 @@ class FakeHost:
             raise VMError("the VM is not running (No such file or directory)")
         return FakeConnection(self, vm_dir)
 
-    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0) -> None:
+    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
+                force: bool = False) -> None:
         self.step("stop_vm")
+        if force:
+            self.forced_vm_stops.append(vm_dir)
         monitor = self.vms.get(vm_dir)
-        if monitor is not None and (monitor.pid, monitor.start) == (monitor_pid, monitor_start):
+        if monitor is not None and (not monitor_pid or (monitor.pid, monitor.start) == (monitor_pid, monitor_start)):
             del self.vms[vm_dir]
 
-    def start_shim(self, netns: str, console: bool) -> FakeShim:
+    def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> FakeShim:
         self.step("start_shim")
+        self.joined.append(("shim", list(cgroup)))
         shim = FakeShim(self, netns, console)
         self.shims.append(shim)
         return shim
 
-    def stop_shim(self, pid: int, start: int) -> None:
+    def stop_shim(self, pid: int, start: int, grace: float = 0.0) -> None:
         self.step("stop_shim")
         self.stopped_shims.append((pid, start))
+
+    def make_cgroup(self, path: str, resources: dict[str, Any], overhead: HostCgroup) -> HostCgroup:
+        self.step("make_cgroup")
+        self.cgroups[path] = resources
+        return HostCgroup(dirs=[f"/fake-cgroup{path if path.startswith('/') else '/' + path}"],
+                          memory_overhead=overhead.memory_overhead, cpu_millis=overhead.cpu_millis,
+                          pids=overhead.pids)
+
+    def update_cgroup(self, cgroup: HostCgroup, resources: dict[str, Any]) -> None:
+        self.step("update_cgroup")
+        self.cgroup_updates.append((cgroup.dirs[0], resources))
+
+    def remove_cgroup(self, cgroup: HostCgroup) -> None:
+        self.step("remove_cgroup")
+        for path in list(self.cgroups):
+            if cgroup.dirs == [f"/fake-cgroup{path if path.startswith('/') else '/' + path}"]:
+                del self.cgroups[path]
 
     def pin_netns(self, path: str) -> None:
         self.step("pin_netns")
@@ -206,15 +233,19 @@ class FakeHost:
         self.step("release_netns")
         self.netns.discard(path)
 
-    def connect_network(self, netns: str, mode: str) -> Network:
+    def connect_network(self, netns: str, mode: str, owner: str) -> Network:
         self.step("connect_network")
         nics = [Nic(name="eth0", index=2, mac="02:42:a9:fe:4d:02", mtu=1500, tap="pltap0")]
         self.networks[netns] = nics
         return Network(nics=nics)
 
-    def disconnect_network(self, netns: str, nics: list[Nic]) -> None:
+    def disconnect_network(self, netns: str, nics: list[Nic], owner: str) -> None:
         self.step("disconnect_network")
         self.networks.pop(netns, None)
+
+    def make_mount_points(self, rootfs: str, points: list[tuple[str, bool]]) -> None:
+        self.step("make_mount_points")
+        self.mount_points.extend(points)
 
     def share(self, container_dir: str, rootfs: str, binds: list[Any]) -> None:
         self.shares.add(container_dir)  # as the real one: a half-made share is there to undo

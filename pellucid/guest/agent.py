@@ -58,6 +58,7 @@ class Agent:
         # op -> (its request record, the handler that takes that record and returns the result record)
         self.handlers: dict[str, tuple[type[messages.Request], Callable[[Any], messages.Record | None]]] = {}
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
+        self.credit_handlers: dict[int, Callable[[int], None]] = {}  # stream id -> bytes granted
         self.child_handlers: dict[int, Callable[[int], None]] = {}
         self.on_tick: list[Callable[[], None]] = []
         self.selector.register(fd, selectors.EVENT_READ, self._on_channel)
@@ -126,6 +127,11 @@ class Agent:
             if handler is not None:
                 handler(frame.payload)
             return
+        if frame.kind == protocol.CREDIT:
+            granted = self.credit_handlers.get(frame.id)
+            if granted is not None:
+                granted(protocol.parse_credit(frame))
+            return
         if frame.kind != protocol.REQUEST:
             return
         try:
@@ -170,11 +176,23 @@ class Agent:
             raise AgentError(messages.ERR_VERSION, f"host speaks protocol {request.version}, agent {protocol.VERSION}")
         if request.time_ns is not None:
             time.clock_settime_ns(time.CLOCK_REALTIME, request.time_ns)
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot_id = f.read().strip()
+        if request.template:
+            # A template is saved after this answer and cloned: the kernel makes the boot id at its first
+            # read, so it is read in each clone (clone_resumed), never here.
+            from . import clone
+            clone.warm_up()
+            return self.hello_result(boot_id="")
+        return self.hello_result(boot_id=read_boot_id())
+
+    def hello_result(self, boot_id: str) -> messages.HelloResult:
         return messages.HelloResult(version=protocol.VERSION, kernel=os.uname().release, boot_id=boot_id,
                                     rootfs_dax=boot.root_is_dax(), init_ms=self.started_ms,
                                     uptime_ms=boot.uptime_ms())
 
     def ping(self, request: messages.Ping) -> messages.PingResult:
         return messages.PingResult(uptime_ms=boot.uptime_ms())
+
+
+def read_boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()

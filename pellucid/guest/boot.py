@@ -7,6 +7,11 @@ import time
 
 from .. import linux
 
+#: cgroup v2 controllers the root delegates, so that crun can set every OCI limit in a container's
+#: cgroup (memory.max, pids.max, cpu.max, cpuset.*, io.*)
+CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
 # (source, target, fstype, flags, data); the root image provides every target directory.
 BASE_MOUNTS = (
     ("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, None),
@@ -29,6 +34,17 @@ def mount_base() -> None:
         linux.mount(source, target, fstype, flags, data)
     if not os.path.exists("/dev/ptmx"):
         os.symlink("pts/ptmx", "/dev/ptmx")
+
+
+def enable_controllers() -> None:
+    """Delegate the controllers to the root's children (crun enables them further down its path).
+    The root cgroup is exempt from the no-internal-processes rule, so PID 1 may stay there."""
+    with open(f"{CGROUP_ROOT}/cgroup.controllers") as f:
+        available = f.read().split()
+    wanted = [c for c in CONTROLLERS if c in available]
+    if wanted:
+        with open(f"{CGROUP_ROOT}/cgroup.subtree_control", "w") as f:
+            f.write(" ".join("+" + c for c in wanted))
 
 
 def root_is_dax() -> bool:

@@ -1,6 +1,6 @@
-"""Containers inside the VM. crun carries out each OCI config (namespaces, capabilities, seccomp,
-rlimits, mounts, cgroups); the agent owns the processes' stdio, reaps them (it is PID 1) and
-reports their exits. Hooks the host runs (prestart, createRuntime, poststart, poststop) were
+"""Containers inside the VM: the agent's requests about them. crun (pellucid.guest.crun) carries
+out each OCI config (namespaces, capabilities, seccomp, rlimits, mounts, cgroups); the agent owns
+the processes' stdio (pellucid.guest.stdio), reaps them (it is PID 1) and reports their exits. Hooks the host runs (prestart, createRuntime, poststart, poststop) were
 removed from the config by the host; createContainer and startContainer run here, by crun.
 """
 
@@ -9,24 +9,20 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
 import struct
-import subprocess
 import termios
 import time
 
 from .. import linux, messages, protocol
+from . import crun
 from .agent import Agent, AgentError
+from .stdio import Stdio
 
-CRUN = "/usr/bin/crun"
-CRUN_ROOT = "/run/crun"
 BUNDLES = messages.GUEST_BUNDLES
 CGROUP_ROOT = "/sys/fs/cgroup"
-OUT_HIGH_WATER = 4 << 20  # stop reading container output while this much waits for the host
-EXIT_DRAIN_SECONDS = 2.0  # how long an exit waits for output still buffered in its pipes
 
 
 def set_net_sysctls(values: dict[str, str]) -> None:
@@ -48,9 +44,7 @@ class Process:
         self.container = container
         self.tty = tty
         self.pid = 0
-        self.stdin: int | None = None  # fd we write the process's stdin to (pty master when tty)
-        self.outputs: dict[int, int] = {}  # fd we read -> protocol stream fd (STDOUT/STDERR)
-        self.pending_in = bytearray()
+        self.stdio: Stdio | None = None
         self.status: int | None = None
         self.exited_at = 0.0
         self.reported = False
@@ -62,8 +56,7 @@ class Containers:
         self.processes: dict[int, Process] = {}
         self.inits: dict[str, int] = {}  # container id -> process number of its init
         self._next = 1
-        self._throttled: list[int] = []
-        self.write_back = False  # a share is mounted with a cache that writes back later
+        self.caching = False  # a share is mounted with cache=loose: the guest keeps what it read
         os.makedirs(BUNDLES, exist_ok=True)
         for request, handler in (
                 (messages.CreateContainer, self.create), (messages.StartContainer, self.start),
@@ -74,70 +67,6 @@ class Containers:
                 (messages.MountShare, self.mount_share), (messages.SyncShares, self.sync_shares)):
             agent.handle(request, handler)
         agent.on_tick.append(self._tick)
-
-    # crun.
-
-    def _crun(self, *args: str, stdio: tuple[int, int, int] | None = None, timeout: float = 60.0,
-              console: socket.socket | None = None) -> tuple[subprocess.Popen, int | None]:
-        """Run crun; with ``console``, receive the pty master crun sends on it. Returns crun and that fd."""
-        log = f"{messages.GUEST_RUN}/crun-{os.getpid()}-{time.monotonic_ns()}.log"
-        argv = [CRUN, f"--root={CRUN_ROOT}", f"--log=file:{log}", "--log-format=json", *args]
-        if stdio is None:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-        else:
-            proc = subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
-        master = None
-        try:
-            if console is not None:
-                console.settimeout(timeout)
-                try:
-                    conn, _ = console.accept()
-                except socket.timeout:
-                    conn = None
-                if conn is not None:
-                    with conn:
-                        _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
-                        master = fds[0] if fds else None
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        message = self._crun_error(log, proc)
-        if proc.returncode != 0:
-            if master is not None:
-                os.close(master)
-            raise AgentError(messages.ERR_CRUN, message or f"crun {args[0]} failed with status {proc.returncode}")
-        return proc, master
-
-    @staticmethod
-    def _crun_error(log: str, proc: subprocess.Popen) -> str:
-        lines = []
-        try:
-            with open(log) as f:
-                for line in f.read(65536).splitlines():
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(entry, dict) and entry.get("level") == "error":
-                        lines.append(str(entry.get("msg", "")))
-            os.unlink(log)
-        except OSError:
-            pass
-        if not lines and proc.stderr is not None and proc.returncode:
-            lines.append(proc.stderr.read(4096).decode(errors="replace").strip())
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if proc.stderr is not None:
-            proc.stderr.close()
-        return "; ".join(lines)[:4000]
-
-    def _crun_output(self, *args: str) -> str:
-        proc = subprocess.run([CRUN, f"--root={CRUN_ROOT}", *args], capture_output=True, timeout=30)
-        if proc.returncode != 0:
-            raise AgentError(messages.ERR_CRUN, proc.stderr.decode(errors="replace").strip()[:4000])
-        return proc.stdout.decode(errors="replace")
 
     # Processes and their stdio.
 
@@ -161,27 +90,25 @@ class Containers:
                 args = [args[0], f"--console-socket={sock_path}", *args[1:]]
                 devnull = os.open("/dev/null", os.O_RDWR)
                 child_fds = [devnull]
-                _, master = self._crun(*args, stdio=(devnull, devnull, devnull), console=console)
+                _, master = crun.run(*args, stdio=(devnull, devnull, devnull), console=console)
                 if master is None:
                     raise AgentError(messages.ERR_CRUN, "crun sent no terminal")
                 os.set_blocking(master, False)
-                proc.stdin = master
-                proc.outputs = {master: protocol.STDOUT}
+                stdin, outputs = master, {master: protocol.STDOUT}
             else:
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 child_fds = [in_r, out_w, err_w]
                 try:
-                    self._crun(*args, stdio=(in_r, out_w, err_w))
+                    crun.run(*args, stdio=(in_r, out_w, err_w))
                 except AgentError:
                     for fd in (in_w, out_r, err_r):
                         os.close(fd)
                     raise
                 for fd in (in_w, out_r, err_r):
                     os.set_blocking(fd, False)
-                proc.stdin = in_w
-                proc.outputs = {out_r: protocol.STDOUT, err_r: protocol.STDERR}
+                stdin, outputs = in_w, {out_r: protocol.STDOUT, err_r: protocol.STDERR}
         finally:
             for fd in child_fds:
                 os.close(fd)
@@ -191,65 +118,8 @@ class Containers:
         with open(pid_file) as f:
             proc.pid = int(f.read().strip())
         os.unlink(pid_file)
+        proc.stdio = Stdio(self.agent, proc.number, stdin, outputs, proc.tty, lambda p=proc: self._maybe_report(p))
         self.agent.child_handlers[proc.pid] = lambda status, p=proc: self._exited(p, status)
-        for fd in proc.outputs:
-            self.agent.selector.register(fd, selectors.EVENT_READ, lambda mask, fd=fd, p=proc: self._read(p, fd))
-        self.agent.stream_handlers[protocol.stream_id(proc.number, protocol.STDIN)] = \
-            lambda data, p=proc: self._write_stdin(p, data)
-
-    def _read(self, proc: Process, fd: int) -> None:
-        if len(self.agent.out) > OUT_HIGH_WATER:
-            self.agent.selector.unregister(fd)
-            self._throttled.append(fd)
-            return
-        try:
-            data = os.read(fd, protocol.MAX_STREAM_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""  # EIO on a pty master once the terminal's last user is gone
-        if data:
-            self.agent.send(protocol.stream(protocol.stream_id(proc.number, proc.outputs[fd]), data))
-            return
-        self._close_output(proc, fd)
-
-    def _close_output(self, proc: Process, fd: int) -> None:
-        stream = proc.outputs.pop(fd)
-        try:
-            self.agent.selector.unregister(fd)
-        except KeyError:
-            pass
-        if fd == proc.stdin:
-            proc.stdin = None
-        os.close(fd)
-        self.agent.send(protocol.stream(protocol.stream_id(proc.number, stream), b""))
-        self._maybe_report(proc)
-
-    def _write_stdin(self, proc: Process, data: bytes) -> None:
-        if proc.stdin is None:
-            return
-        if not data:  # the host closed stdin
-            if not proc.tty:
-                os.close(proc.stdin)
-                proc.stdin = None
-            return
-        proc.pending_in += data
-        self._flush_stdin(proc)
-
-    def _flush_stdin(self, proc: Process) -> None:
-        fd = proc.stdin
-        if fd is None:
-            proc.pending_in.clear()
-            return
-        try:
-            n = os.write(fd, proc.pending_in)
-            del proc.pending_in[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            proc.pending_in.clear()
-        if len(proc.pending_in) > OUT_HIGH_WATER:
-            proc.pending_in.clear()  # the process does not read its stdin: drop rather than grow
 
     def _exited(self, proc: Process, status: int) -> None:
         proc.status = 128 - status if status < 0 else status
@@ -257,32 +127,17 @@ class Containers:
         self._maybe_report(proc)
 
     def _maybe_report(self, proc: Process) -> None:
-        """The exit event follows the process's last output, or a bounded wait for it."""
-        if proc.status is None or proc.reported:
-            return
-        if proc.outputs and time.monotonic() - proc.exited_at < EXIT_DRAIN_SECONDS:
+        """The exit event follows the process's last output (see Stdio.drained)."""
+        if proc.status is None or proc.reported or proc.stdio is None or not proc.stdio.drained(proc.exited_at):
             return
         proc.reported = True
-        for fd in list(proc.outputs):
-            self._close_output(proc, fd)
-        if proc.stdin is not None and not proc.tty:
-            os.close(proc.stdin)
-        proc.stdin = None
-        self.agent.stream_handlers.pop(protocol.stream_id(proc.number, protocol.STDIN), None)
-        if self.write_back:  # what the process wrote is on the host before anyone hears it exited
+        proc.stdio.close()
+        if self.caching:  # dirty pages of shared mappings are on the host before anyone hears of the exit
             os.sync()
         self.agent.emit(messages.Exit(process=proc.number, container=proc.container, status=proc.status))
 
     def _tick(self) -> None:
-        if self._throttled and len(self.agent.out) < OUT_HIGH_WATER // 2:
-            for fd in self._throttled:
-                proc = next((p for p in self.processes.values() if fd in p.outputs), None)
-                if proc is not None:
-                    self.agent.selector.register(fd, selectors.EVENT_READ, lambda m, fd=fd, p=proc: self._read(p, fd))
-            self._throttled.clear()
         for proc in list(self.processes.values()):
-            if proc.stdin is not None and proc.pending_in:
-                self._flush_stdin(proc)
             self._maybe_report(proc)
 
     def _process(self, number: int) -> Process:
@@ -299,13 +154,17 @@ class Containers:
         if not os.path.ismount(target):
             linux.mount(request.tag, target, "9p", linux.MS_NODEV,
                         f"trans=virtio,version=9p2000.L,msize={request.msize},cache={request.cache},posixacl")
-        if request.cache in messages.SHARE_CACHES_WRITE_BACK:
-            self.write_back = True
+            # Shared, as a bind source is on a systemd host: a container whose config asks for
+            # shared propagation (rootfsPropagation, "rshared" binds) gets binds that are peers.
+            linux.mount("none", target, None, linux.MS_SHARED)
+        if request.cache in messages.SHARE_CACHES_CACHED:
+            self.caching = True
 
     def sync_shares(self, request: messages.SyncShares) -> None:
-        """Only shares that cache need it. The guest's own root is a read-only DAX image and its other
-        file systems are tmpfs, so the global sync and drop_caches touch nothing but the shares."""
-        if not self.write_back:
+        """Only shares mounted with cache=loose need it. The guest's own root is a read-only DAX image
+        and its other file systems are tmpfs, so the global sync and drop_caches touch nothing but
+        the shares."""
+        if not self.caching:
             return
         os.sync()
         if request.invalidate:
@@ -333,7 +192,7 @@ class Containers:
         return messages.ProcessResult(process=proc.number, pid=proc.pid)
 
     def start(self, request: messages.StartContainer) -> None:
-        self._crun("start", request.id)
+        crun.run("start", request.id)
 
     def exec(self, request: messages.ExecProcess) -> messages.ProcessResult:
         cid = request.id
@@ -375,22 +234,23 @@ class Containers:
 
     def resize(self, request: messages.Resize) -> None:
         proc = self._process(request.process)
-        if not proc.tty or proc.stdin is None:
+        terminal = proc.stdio.terminal if proc.stdio is not None else None
+        if terminal is None:
             return
-        fcntl.ioctl(proc.stdin, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
 
     def pause(self, request: messages.PauseContainer) -> None:
-        self._crun("pause", request.id)
+        crun.run("pause", request.id)
 
     def resume(self, request: messages.ResumeContainer) -> None:
-        self._crun("resume", request.id)
+        crun.run("resume", request.id)
 
     def update(self, request: messages.UpdateContainer) -> None:
         path = f"{BUNDLES}/{request.id}/update.json"
         with open(path, "w") as f:
             json.dump(request.resources, f)
         try:
-            self._crun("update", f"--resources={path}", request.id)
+            crun.run("update", f"--resources={path}", request.id)
         finally:
             os.unlink(path)
 
@@ -399,27 +259,26 @@ class Containers:
         number = self.inits.get(cid)
         if number is not None and self.processes[number].status is None:
             try:
-                self._crun("kill", "--all", cid, str(int(signal.SIGKILL)))
+                crun.run("kill", "--all", cid, str(int(signal.SIGKILL)))
             except AgentError:
                 pass
         try:
-            self._crun("delete", "--force", cid)
+            crun.run("delete", "--force", cid)
         except AgentError:
-            if os.path.exists(f"{CRUN_ROOT}/{cid}"):
+            if os.path.exists(f"{crun.ROOT}/{cid}"):
                 raise
         for n in [n for n, p in self.processes.items() if p.container == cid]:
             p = self.processes.pop(n)
-            for fd in list(p.outputs):
-                self._close_output(p, fd)
-            if p.stdin is not None and not p.tty:
-                os.close(p.stdin)
+            if p.stdio is not None:
+                p.stdio.close()
+            self._maybe_report(p)
             self.agent.child_handlers.pop(p.pid, None)
         self.inits.pop(cid, None)
         shutil.rmtree(f"{BUNDLES}/{cid}", ignore_errors=True)
 
     def ps(self, request: messages.Ps) -> messages.PsResult:
         """The container's processes, read from the guest's /proc via its cgroup."""
-        pids = json.loads(self._crun_output("ps", "--format=json", request.id) or "[]")
+        pids = json.loads(crun.output("ps", "--format=json", request.id) or "[]")
         result = []
         for pid in pids if isinstance(pids, list) else []:
             try:
@@ -463,11 +322,34 @@ class Containers:
             text = text.strip()
             return int(text) if text.isdigit() else 0
 
+        def limit(name: str) -> int:
+            text = read(name).strip()
+            return int(text) if text.isdigit() else 0  # "max" or absent: none
+
         cpu = keyed(read("cpu.stat"))
         mem = keyed(read("memory.stat"))
-        limit = read("memory.max").strip()
         return messages.StatsResult(
             cpu_total=cpu.get("usage_usec", 0) * 1000, cpu_user=cpu.get("user_usec", 0) * 1000,
             cpu_kernel=cpu.get("system_usec", 0) * 1000, memory_usage=number(read("memory.current")),
-            memory_limit=int(limit) if limit.isdigit() else 0, memory_cache=mem.get("file", 0), memory_raw=mem,
-            pids_current=number(read("pids.current")))
+            memory_limit=limit("memory.max"), memory_cache=mem.get("file", 0), memory_raw=mem,
+            pids_current=number(read("pids.current")), memory_max=number(read("memory.peak")),
+            memory_failcnt=keyed(read("memory.events")).get("max", 0), pids_limit=limit("pids.max"),
+            cpu_periods=cpu.get("nr_periods", 0), cpu_throttled_periods=cpu.get("nr_throttled", 0),
+            cpu_throttled_time=cpu.get("throttled_usec", 0) * 1000, network=interface_stats())
+
+
+def interface_stats() -> list[messages.InterfaceStats]:
+    """The VM's interfaces but loopback: the container's network namespace is the VM's."""
+    out = []
+    for name in sorted(os.listdir("/sys/class/net"))[:256]:
+        if name == "lo":
+            continue
+        counters = {}
+        for counter in messages.InterfaceStats.NAMES:
+            try:
+                with open(f"/sys/class/net/{name}/statistics/{counter}") as f:
+                    counters[counter] = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pass
+        out.append(messages.InterfaceStats(name, **counters))
+    return out

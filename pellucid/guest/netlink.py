@@ -60,8 +60,11 @@ class Netlink:
                     return
                 offset += max(length, NLMSGHDR.size)
 
-    def set_link(self, index: int, *, up: bool | None = None, mtu: int | None = None, name: str | None = None) -> None:
+    def set_link(self, index: int, *, up: bool | None = None, mtu: int | None = None, name: str | None = None,
+                 mac: bytes | None = None) -> None:
         attrs = b""
+        if mac:
+            attrs += _attr(IFLA_ADDRESS, mac)
         if mtu:
             attrs += _attr(IFLA_MTU, struct.pack("=I", mtu))
         if name:

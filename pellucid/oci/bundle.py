@@ -10,11 +10,10 @@ import json
 import os
 import re
 
-from ..errors import BundleError, InvalidId
+from .. import ids
+from ..errors import BundleError
 
 MAX_FILE_BYTES = 4 << 20
-MAX_ID_LENGTH = 1024
-ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-.")
 NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
@@ -29,15 +28,6 @@ CRI_ANNOTATIONS = (
 OCI_VERSION = re.compile(r"1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)([-+][0-9A-Za-z.+-]*)?")
 
 _KINDS = {str: "a string", int: "an integer", bool: "a boolean", list: "an array", dict: "an object"}
-
-
-def validate_id(id: str) -> None:
-    if not id:
-        raise InvalidId("container id cannot be empty")
-    if len(id) > MAX_ID_LENGTH:
-        raise InvalidId(f"invalid container id format: longer than {MAX_ID_LENGTH} characters")
-    if id in (".", "..") or not ID_CHARS.issuperset(id):
-        raise InvalidId(f"invalid container id format: {id}")
 
 
 def load_config(bundle: str) -> dict:
@@ -105,7 +95,7 @@ def sandbox_of(config: dict) -> tuple[str, str | None]:
         sandbox = annotations.get(id_key)
         if not sandbox:
             raise BundleError(f"config.json: annotation {type_key} is {CONTAINER!r} but {id_key} is missing")
-        validate_id(sandbox)
+        ids.check(sandbox)
         return CONTAINER, sandbox
     return SINGLE, None
 

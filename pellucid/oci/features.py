@@ -5,7 +5,7 @@ from __future__ import annotations
 from .bundle import HOOK_STAGES, NAMESPACES
 
 #: not offered inside the VM yet
-UNSUPPORTED_NAMESPACES = ("user", "time")
+UNSUPPORTED_NAMESPACES = ("time",)
 
 #: every Linux capability, in the kernel's order (CAP_CHOWN is 0, CAP_CHECKPOINT_RESTORE 40)
 CAPABILITIES = (
@@ -52,7 +52,9 @@ def features() -> dict:
         "linux": {
             "namespaces": sorted(set(NAMESPACES) - set(UNSUPPORTED_NAMESPACES)),
             "capabilities": list(CAPABILITIES),
-            "cgroup": {"v1": False, "v2": True, "systemd": False, "systemdUser": False},
+            # the VM's host cgroup on v1 and v2 hosts; the guest is v2. The systemd form of cgroupsPath
+            # is placed where systemd would put the unit, without asking systemd for one.
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
             "seccomp": {
                 "enabled": True,
                 "actions": list(SECCOMP_ACTIONS),

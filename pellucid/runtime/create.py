@@ -8,13 +8,14 @@ import os
 from typing import Any, Callable
 
 from .. import config as config_mod
+from .. import ids
 from .. import messages
-from ..errors import BundleError, ContainerError, NotFound
-from ..host_messages import ShimRequest, VMDescription
+from ..errors import BundleError, ContainerError
+from ..host_messages import HostCgroup, ShimRequest, VMDescription
 from ..oci import bundle as oci
-from ..state import Status, now_rfc3339
+from ..state import ContainerState, Status, now_rfc3339
 from ..store import Store
-from . import guest_config
+from . import cgroups, guest_config, joins, netns
 from .layout import MONITOR_SOCKET, shared_dir, vm_dir_of
 from .lifecycle import MiB, run_hooks, system_host
 from .shims import write_pid_file
@@ -45,19 +46,64 @@ def _uses_docker_dns(config: dict[str, Any], bundle: str) -> bool:
     return False
 
 
-def vm_size(cfg: config_mod.Config, config: dict[str, Any]) -> tuple[int, int]:
-    """vCPUs and MiB for a VM: the configured defaults, plus what the OCI limits ask for."""
+def _limits(config: dict[str, Any], pod: bool) -> tuple[Any, Any, Any]:
+    """(memory limit in bytes, CPU quota, CPU period) asked for: a container's from its OCI
+    resources; a pod's from the sandbox annotations containerd 1.7+ sets (containerd 1.6 and CRI-O
+    send nothing about the pod's size: the configured default then)."""
+    if pod:
+        annotations = config.get("annotations") or {}
+
+        def number(key: str) -> int | None:
+            value = annotations.get(f"io.kubernetes.cri.sandbox-{key}", "")
+            return int(value) if value.isdigit() else None
+        return number("memory"), number("cpu-quota"), number("cpu-period")
     resources = (config.get("linux") or {}).get("resources") or {}
+    cpu = resources.get("cpu") or {}
+    return (resources.get("memory") or {}).get("limit"), cpu.get("quota"), cpu.get("period")
+
+
+def vm_size(cfg: config_mod.Config, config: dict[str, Any], pod: bool = False) -> tuple[int, int]:
+    """vCPUs and MiB for a VM: the configured defaults, plus what the OCI limits (or, for a pod
+    sandbox, the pod's size) ask for."""
+    limit, quota, period = _limits(config, pod)
     memory = cfg.hypervisor.memory_mib
-    limit = (resources.get("memory") or {}).get("limit")
     if isinstance(limit, int) and limit > 0:
         memory += math.ceil(limit / MiB)
     vcpus = cfg.hypervisor.vcpus
-    cpu = resources.get("cpu") or {}
-    quota, period = cpu.get("quota"), cpu.get("period")
     if isinstance(quota, int) and isinstance(period, int) and quota > 0 and period > 0:
         vcpus = max(vcpus, math.ceil(quota / period))
-    return min(vcpus, os.cpu_count() or 1), memory
+    cpus = (((config.get("linux") or {}).get("resources") or {}).get("cpu") or {}).get("cpus")
+    if isinstance(cpus, str) and cpus:
+        vcpus = min(vcpus, cpu_count(cpus))  # the host cgroup's cpuset confines the VM to these
+    return max(1, min(vcpus, os.cpu_count() or 1)), memory
+
+
+def cpu_count(cpus: str) -> int:
+    """How many CPUs a cpuset list ("0-3,8") names (a malformed one is the host cgroup's to refuse)."""
+    count = 0
+    for part in cpus.split(","):
+        low, _, high = part.strip().partition("-")
+        if low.isdigit() and (not high or high.isdigit()):
+            count += int(high or low) - int(low) + 1
+    return count
+
+
+def host_overhead(cfg: config_mod.Config) -> HostCgroup:
+    """The VM's cost beyond its container's limits: the guest's base RAM plus the declared overhead."""
+    return HostCgroup(memory_overhead=(cfg.hypervisor.memory_mib + cfg.overhead.memory_mib) * MiB,
+                      cpu_millis=cfg.overhead.cpu_millis, pids=cfg.overhead.pids)
+
+
+def check_fits(vm: ContainerState, config: dict[str, Any]) -> None:
+    """Refuse a container joining ``vm`` whose limits ask for more than the VM has."""
+    limit, quota, period = _limits(config, pod=False)
+    if isinstance(limit, int) and limit > 0 and vm.vm.memory_mib and limit > vm.vm.memory_mib * MiB:
+        raise ContainerError(f"the container's memory limit ({math.ceil(limit / MiB)} MiB) does not fit in the VM of "
+                             f"{vm.id}, which has {vm.vm.memory_mib} MiB (size the pod for it: see the README)")
+    if isinstance(quota, int) and isinstance(period, int) and quota > 0 and period > 0 and vm.vm.vcpus \
+            and quota / period > vm.vm.vcpus:
+        raise ContainerError(f"the container's CPU limit ({quota / period:g} CPUs) does not fit in the VM of {vm.id}, "
+                             f"which has {vm.vm.vcpus} vCPUs")
 
 
 class _Undo:
@@ -78,10 +124,11 @@ class _Undo:
 
 
 def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_file: str = "",
-           console_socket: str = "", detached: bool = True, host: Host | None = None) -> ShimProcess:
+           console_socket: str = "", detached: bool = True, systemd_cgroup: bool = False,
+           host: Host | None = None) -> ShimProcess:
     """Boot (or join) the VM, create the container in it, stopped before its user process runs."""
     host = host or system_host()
-    oci.validate_id(id)
+    ids.check(id)
     bundle = os.path.abspath(bundle)
     config = oci.load_config(bundle)
     rootfs = oci.rootfs_path(bundle, config)
@@ -92,35 +139,45 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
     if console_socket and not terminal:
         raise ContainerError("cannot use console socket if pellucid will not detach or allocate tty")
     kind, sandbox_id = oci.sandbox_of(config)
+    placement = joins.place(store, id, config, kind, sandbox_id)
+    parent = placement.vm
+    if parent is not None:
+        kind = oci.CONTAINER
     own_netns, netns_path = _network_namespace(config)
-    if kind != "container" and not own_netns:
+    if kind != oci.CONTAINER and not own_netns:
         raise BundleError(netns.HOST_NETWORK_REFUSED.format(""))
-    if netns_path:
+    if netns_path and parent is None:  # a container that joins a VM uses that VM's, checked then
         netns.refuse_host(netns_path)  # before any hook, shim or tap
     hooks = {stage: oci.hooks_of(config, stage) for stage in ("prestart", "createRuntime", "poststart",
                                                                "poststop")}
     guest_cfg, binds = guest_config.translate(config, bundle, id, messages.SHARE_TAG,  # refuses before any boot
+                                              namespace_paths=placement.guest_paths,
                                               volume_tag=cfg.filesystem.volume_tag)
+    if parent is not None:
+        check_fits(parent, config)
+    linux = config.get("linux") or {}
+    cgroup_path = cgroups.cgroup_path(linux.get("cgroupsPath") or "", id, systemd_cgroup)
     with store.create(id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), kind=kind,
-                      sandbox=sandbox_id if kind == "container" else id,
+                      sandbox=parent.id if parent is not None else id,
+                      namespaces=placement.given if kind == oci.SANDBOX else {},
                       annotations=config.get("annotations") or {}) as st:
         undo = _Undo()
         try:
-            if kind == "container":
-                try:
-                    parent = store.load(sandbox_id or "")
-                except NotFound:
-                    raise ContainerError(f"sandbox {sandbox_id} of container {id} does not exist") from None
+            if parent is not None:
                 vm_dir = vm_dir_of(store, parent)
                 netns_path = parent.netns
+                st.cgroup = HostCgroup(dirs=parent.cgroup.dirs)  # the VM's: the sandbox's to remove
             else:
                 vm_dir = os.path.join(store.dir(id), "vm")
-                os.makedirs(vm_dir)
+                os.mkdir(vm_dir, 0o700)
+                st.cgroup = host.make_cgroup(cgroup_path, linux.get("resources") or {}, host_overhead(cfg))
+                undo.push(lambda: host.remove_cgroup(st.cgroup))
+                store.save(st)  # a create killed from here on leaves a cgroup that delete removes
                 if not netns_path:
                     netns_path = os.path.join(vm_dir, "netns")
                     host.pin_netns(netns_path)
                     undo.push(lambda: host.release_netns(netns_path))
-            shim = host.start_shim(netns_path, console=bool(console_socket))
+            shim = host.start_shim(netns_path, console=bool(console_socket), cgroup=st.cgroup.dirs)
             undo.push(shim.abort)
             st.pid, st.pid_start = shim.pid, shim.start
             st.netns, st.terminal = netns_path, terminal
@@ -128,20 +185,27 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
             store.save(st)
             run_hooks(host, "prestart", hooks["prestart"], st, Status.CREATING)
             run_hooks(host, "createRuntime", hooks["createRuntime"], st, Status.CREATING)
-            timeout = cfg.hypervisor.boot_timeout + 30
-            if kind != "container":
+            # A first clone may wait for its template's build (two boot timeouts at most), then boot cold.
+            timeout = cfg.hypervisor.boot_timeout * (3 if cfg.hypervisor.templates else 1) + 30
+            if parent is None:
                 # After the hooks: Docker's prestart hook is what moves the container's veth in.
-                net = host.connect_network(netns_path, cfg.network.mode)
-                undo.push(lambda: host.disconnect_network(netns_path, net.nics))
+                # A create killed from here on leaves taps that delete finds by the VM's names.
+                undo.push(lambda: host.disconnect_network(netns_path, st.network.nics, vm_dir))
+                net = host.connect_network(netns_path, cfg.network.mode, vm_dir)
                 net.dns_relay = _uses_docker_dns(config, bundle)
                 st.network = net
-                vcpus, memory = vm_size(cfg, config)
+                store.save(st)
+                vcpus, memory = vm_size(cfg, config, pod=kind == oci.SANDBOX)
                 monitor = host.launch_vm(vm_dir, VMDescription(id=id, config=cfg.path, vcpus=vcpus, memory_mib=memory,
-                                                               netns=netns_path, network=net))
+                                                               netns=netns_path, network=net),
+                                         cgroup=st.cgroup.dirs)
                 undo.push(lambda: host.stop_vm(vm_dir, monitor.pid, monitor.start))
                 st.monitor_pid, st.monitor_start = monitor.pid, monitor.start
                 store.save(st)  # from here on, a create that is killed leaves a monitor that delete finds
                 st.vm = monitor.wait_ready(timeout)
+            points = guest_config.mount_points(config, bundle)
+            if points:  # a read-only root: crun could not create them through the read-only share
+                host.make_mount_points(rootfs, points)
             container_dir = os.path.join(shared_dir(vm_dir), id)
             undo.push(lambda: host.unshare(container_dir))
             host.share(container_dir, rootfs, binds)

@@ -39,7 +39,7 @@ def exec_process(store: Store, id: str, process: dict[str, Any], *, pid_file: st
     if terminal and detach and not console_socket:
         raise ContainerError("cannot allocate tty if pellucid will detach without setting console socket")
     sync_shares(host, store, st, invalidate=True)  # the new process sees the host's files as they are now
-    shim = host.start_shim(st.netns, console=bool(console_socket))
+    shim = host.start_shim(st.netns, console=bool(console_socket), cgroup=st.cgroup.dirs)
     try:
         request = messages.ExecProcess(id, guest_config.process_for_guest(process))
         shim.send(ShimRequest(monitor=os.path.join(vm_dir_of(store, st), MONITOR_SOCKET), op=request.OP,

@@ -17,7 +17,7 @@ from .. import log, messages
 from ..errors import BundleError
 
 HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
-UNSUPPORTED_NAMESPACES = ("user", "time")
+UNSUPPORTED_NAMESPACES = ("time",)
 #: crun 1.8 refuses any ociVersion without "1.0" in it ("unknown version specified")
 GUEST_OCI_VERSION = "1.0.2"
 
@@ -62,6 +62,8 @@ SPEC_ADDITIONS: tuple[tuple[str, str, str, str], ...] = (
 )
 #: mount options (1.2.0) that ask for an idmapping; "idmap=..." is crun's own form
 IDMAP_OPTIONS = ("idmap", "ridmap")
+#: bind options that make the bind a member of a peer group
+SHARED_PROPAGATION = frozenset(("shared", "rshared"))
 #: platform sections a Linux runtime has no use for
 OTHER_PLATFORMS = ("windows", "solaris", "zos", "freebsd")
 
@@ -92,7 +94,8 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     share; another share of the same directory when volumes are mounted with another cache mode).
 
     ``namespace_paths`` maps a namespace type to a guest path to join (containers of a pod join
-    their sandbox's namespaces); any other namespace path is refused: it names a host namespace.
+    their sandbox's namespaces; "": a new one); any other namespace path is refused: it names a host
+    namespace.
     """
     cfg = copy.deepcopy(config)
     base = guest_dir(tag, container_id)
@@ -102,15 +105,30 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     cfg["root"] = {"path": f"{base}/rootfs", "readonly": bool(root.get("readonly"))}
 
     mounts = []
+    # Binds of one source share one guest path: a mount made under one of them then propagates to
+    # the others, as on the host, where the container asks for shared propagation.
+    names: dict[tuple[str, bool], str] = {}
+    peers: dict[str, str] = {}  # source -> where its first bind with shared propagation is
     for i, mount in enumerate(cfg.get("mounts") or []):
         if is_bind(mount):
             source = mount.get("source", "")
             if not os.path.isabs(source):
                 source = os.path.join(bundle, source)
             options = mount.get("options") or []
-            name = f"mounts/{i}"
-            binds.append(Bind(source, name, os.path.isdir(source), "ro" in options))
+            readonly = "ro" in options
+            name = names.get((source, readonly))
+            if name is None:
+                name = names[(source, readonly)] = f"mounts/{i}"
+                binds.append(Bind(source, name, os.path.isdir(source), readonly))
             mount = {**mount, "source": f"{volume_base}/{name}"}
+            destination = mount.get("destination", "")
+            if SHARED_PROPAGATION.intersection(options) and isinstance(destination, str):
+                first = peers.setdefault(source, destination)
+                if first != destination:
+                    # runc makes the container's / shared first, so binds of one source are peers;
+                    # crun 1.8 binds each from a private copy: bind the first bind instead, which
+                    # is shared by then (crun mounts in the config's order, below the rootfs).
+                    mount["source"] = f"{base}/rootfs/{first.lstrip('/')}"
         mounts.append(mount)
     cfg["mounts"] = mounts
 
@@ -134,7 +152,7 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
             if joined is None:
                 raise BundleError(f"cannot join {kind} namespace {ns['path']}: it is a host namespace, "
                                   "and the container runs in a VM")
-            ns = {"type": kind, "path": joined}
+            ns = {"type": kind, "path": joined} if joined else {"type": kind}
         namespaces.append(ns)
     linux["namespaces"] = namespaces
     linux["cgroupsPath"] = f"/pellucid/{container_id}"
@@ -143,16 +161,27 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     sysctl = linux.get("sysctl") or {}
     if sysctl:
         linux["sysctl"] = {k: v for k, v in sysctl.items() if not k.startswith("net.")}
-    # Block I/O limits would name the guest's disks, not the container's (its rootfs is on 9p).
     resources = linux.get("resources")
     if isinstance(resources, dict):
-        resources.pop("blockIO", None)
+        linux["resources"] = resources_for_guest(resources)
     linux.pop("mountLabel", None)
     process = cfg.get("process")
     if isinstance(process, dict):
         process.pop("apparmorProfile", None)
         process.pop("selinuxLabel", None)
     return normalise(cfg), binds
+
+
+def resources_for_guest(resources: dict[str, Any]) -> dict[str, Any]:
+    """linux.resources (or an update's) as the guest's cgroups take them. The cpuset names host CPUs
+    and NUMA nodes: the VM's host cgroup confines the whole VM to them, and in the guest the
+    container has every vCPU of its VM (written there, the host's CPU numbers fail with ERANGE).
+    Block I/O limits would name the guest's disks, not the container's (its rootfs is on 9p)."""
+    out = {k: v for k, v in resources.items() if k != "blockIO"}
+    cpu = out.get("cpu")
+    if isinstance(cpu, dict) and ("cpus" in cpu or "mems" in cpu):
+        out["cpu"] = {k: v for k, v in cpu.items() if k not in ("cpus", "mems")}
+    return out
 
 
 def _apply(obj: Any, path: list[str], field: str, action: str, reason: str, warn: Callable[[str], None]) -> None:
@@ -195,6 +224,29 @@ def normalise(cfg: dict[str, Any], warn: Callable[[str], None] = log.warning) ->
             warn(f"config.json: {platform} ignored: it is for another platform")
     cfg["ociVersion"] = GUEST_OCI_VERSION
     return cfg
+
+
+def mount_points(config: dict[str, Any], bundle: str) -> list[tuple[str, bool]]:
+    """What a read-only root must already hold: (destination, is a directory) for each mount whose
+    destination lies on the rootfs itself rather than under an earlier mount (``/dev/pts`` is made
+    in ``/dev``'s tmpfs). crun creates the rest after mounting, as runc does. Empty unless
+    ``root.readonly``: crun creates the mount points in a writable root itself."""
+    if not (config.get("root") or {}).get("readonly"):
+        return []
+    points: list[tuple[str, bool]] = []
+    seen: list[str] = []
+    for mount in config.get("mounts") or []:
+        destination = os.path.normpath(mount.get("destination") or "/")
+        if destination == "/" or any(destination.startswith(d.rstrip("/") + "/") for d in seen):
+            seen.append(destination)
+            continue
+        seen.append(destination)
+        is_dir = True
+        if is_bind(mount):
+            source = mount.get("source", "")
+            is_dir = os.path.isdir(source if os.path.isabs(source) else os.path.join(bundle, source))
+        points.append((destination, is_dir))
+    return points
 
 
 def net_sysctls(config: dict[str, Any]) -> dict[str, str]:

@@ -8,9 +8,9 @@ type checkers import this module: the CLI's state/kill/delete path stays free of
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
-from ..host_messages import Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
+from ..host_messages import HostCgroup, Network, Nic, ShimReady, ShimRequest, VMDescription, VMInfo
 from ..messages import Request
 from .guest_config import Bind
 
@@ -62,25 +62,48 @@ class Host(Protocol):
     """Everything a lifecycle verb does outside the state store."""
 
     # A VM: its monitor daemon, which owns QEMU and the channel to the agent.
-    def launch_vm(self, vm_dir: str, desc: VMDescription) -> MonitorProcess: ...
+    def launch_vm(self, vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
+        """Start the monitor (in the host cgroup directories ``cgroup`` before its pid is known), which boots QEMU."""
+        ...
 
     def connect(self, vm_dir: str, timeout: float = 30.0) -> AgentConnection: ...
 
-    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0) -> None: ...
+    def stop_vm(self, vm_dir: str, monitor_pid: int, monitor_start: int, timeout: float = 10.0,
+                force: bool = False) -> None:
+        """Stop the VM's monitor (QEMU with it): politely, or with ``force`` at once. A pid of 0:
+        the monitor that ``vm_dir`` has, if any."""
+        ...
 
     # Shims: one per container process.
-    def start_shim(self, netns: str, console: bool) -> ShimProcess: ...
+    def start_shim(self, netns: str, console: bool, cgroup: Sequence[str] = ()) -> ShimProcess: ...
 
-    def stop_shim(self, pid: int, start: int) -> None: ...
+    def stop_shim(self, pid: int, start: int, grace: float = 0.0) -> None:
+        """SIGKILL the shim, after ``grace`` seconds for it to exit on its own."""
+        ...
+
+    # The VM's host cgroup (pellucid.runtime.cgroups).
+    def make_cgroup(self, path: str, resources: dict[str, Any], overhead: HostCgroup) -> HostCgroup: ...
+
+    def update_cgroup(self, cgroup: HostCgroup, resources: dict[str, Any]) -> None: ...
+
+    def remove_cgroup(self, cgroup: HostCgroup) -> None: ...
 
     # The host side of a sandbox.
     def pin_netns(self, path: str) -> None: ...
 
     def release_netns(self, path: str) -> None: ...
 
-    def connect_network(self, netns: str, mode: str) -> Network: ...
+    def connect_network(self, netns: str, mode: str, owner: str) -> Network:
+        """Taps for the VM whose directory is ``owner`` (their names derive from it)."""
+        ...
 
-    def disconnect_network(self, netns: str, nics: list[Nic]) -> None: ...
+    def disconnect_network(self, netns: str, nics: list[Nic], owner: str) -> None:
+        """Remove ``owner``'s taps: those in ``nics``, and any other by its names."""
+        ...
+
+    def make_mount_points(self, rootfs: str, points: list[tuple[str, bool]]) -> None:
+        """Create what a read-only root lacks, inside ``rootfs`` (no symlink leads out of it)."""
+        ...
 
     def share(self, container_dir: str, rootfs: str, binds: list[Bind]) -> None: ...
 

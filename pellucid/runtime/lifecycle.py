@@ -13,7 +13,7 @@ import os
 import signal as signals
 
 from .. import messages
-from ..errors import ContainerError, NotFound, PellucidError
+from ..errors import ContainerError, NotFound, PellucidError, VMError
 from ..state import ContainerState, Status, oci_state, status
 from ..store import Store
 from .layout import shared_dir, vm_dir_of
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .interfaces import Host
 
 MiB = 1 << 20
+KILL_CONFIRM_TIMEOUT = 5.0  # for the guest to confirm a SIGKILL, before its VM is stopped from the host
+BROKEN_VM_TIMEOUT = 3.0
 _NOT_RUNNING = "container not running"
 
 
@@ -49,6 +51,8 @@ def _warn_hooks(host: Host, stage: str, hooks: list[dict], st: ContainerState, c
 
 def refresh(store: Store, id: str) -> tuple[ContainerState, Status]:
     st = store.load(id)
+    if st.retired:  # deleted; its state stays only to hold the VM that others still use
+        raise NotFound("container does not exist")
     return st, status(st)
 
 
@@ -65,7 +69,7 @@ def share_caches(store: Store, st: ContainerState) -> bool:
             st = store.load(st.sandbox)
         except NotFound:
             return False
-    return bool({st.vm.share_cache, st.vm.volume_cache} & set(messages.SHARE_CACHES_WRITE_BACK))
+    return bool({st.vm.share_cache, st.vm.volume_cache} & set(messages.SHARE_CACHES_CACHED))
 
 
 def sync_shares(host: Host, store: Store, st: ContainerState, invalidate: bool) -> None:
@@ -110,13 +114,37 @@ def parse_signal(value: str) -> int:
 
 
 def kill(store: Store, id: str, sig: str, all_: bool = False, host: Host | None = None) -> None:
+    """Signal the container's process in its VM. SIGKILL does not depend on the guest: one it
+    does not confirm within KILL_CONFIRM_TIMEOUT means a broken guest, whose VM is stopped (then
+    every container in it has stopped, its shim exiting with 137)."""
     signum = parse_signal(sig)
     host = host or system_host()
     with store.lock(id):
         st, now = refresh(store, id)
         if not now.can_kill():
             raise ContainerError(_NOT_RUNNING)
-    _call(host, store, st, messages.SignalProcess(st.process, signum, all_))
+    request = messages.SignalProcess(st.process, signum, all_)
+    if signum != signals.SIGKILL:
+        _call(host, store, st, request)
+        return
+    try:
+        _call(host, store, st, request, timeout=KILL_CONFIRM_TIMEOUT)
+    except VMError as err:  # no answer (an AgentError is one: the guest refused, and says why)
+        _stop_broken_vm(host, store, st, str(err))
+
+
+def _stop_broken_vm(host: Host, store: Store, st: ContainerState, why: str) -> None:
+    from .. import log
+    try:
+        vm = store.load(st.sandbox) if st.kind == "container" else st
+    except NotFound:
+        vm = None  # the pod's sandbox is gone, and its VM with it
+    log.warning(f"container {st.id}: SIGKILL not confirmed by the guest ({why}): stopping its VM")
+    if vm is not None:
+        host.stop_vm(vm_dir_of(store, st), vm.monitor_pid, vm.monitor_start, timeout=BROKEN_VM_TIMEOUT,
+                     force=True)
+    # Its channel closed, the shim exits with 137 on its own; one that does not is killed.
+    host.stop_shim(st.pid, st.pid_start, grace=BROKEN_VM_TIMEOUT)
 
 
 def delete(store: Store, id: str, force: bool = False, host: Host | None = None) -> None:
@@ -126,32 +154,66 @@ def delete(store: Store, id: str, force: bool = False, host: Host | None = None)
             st, now = refresh(store, id)
             if not now.can_delete() and not force:
                 raise ContainerError(f"cannot delete container {id} that is not stopped: {now.value}")
-            _tear_down(host, store, st, now)
-            store.remove(id)
+            if st.kind == "single" and _members(store, st.id):
+                _leave_vm(host, store, st, now)  # others joined its namespaces: the VM stays for them
+                st.retired = True
+                store.save(st)
+            else:
+                _tear_down(host, store, st, now)
+                store.remove(id)
+        if st.kind == "container":
+            _release_vm(host, store, st.sandbox)
     except NotFound:
         if force:
+            store.remove_abandoned(id)  # a create killed before its first save: nothing else was made
             return
         raise
     _warn_hooks(host, "poststop", st.poststop, st, Status.STOPPED)
 
 
-def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> None:
-    """Stop what the container has on the host and in its VM (the VM too, unless it is in a pod)."""
-    vm_dir = vm_dir_of(store, st)
-    if st.kind == "container":
-        try:
-            _call(host, store, st, messages.DeleteContainer(st.id), timeout=30)
-        except PellucidError:
-            pass  # the sandbox's VM is gone or the container with it: nothing left in the guest
-        host.unshare(os.path.join(shared_dir(vm_dir), st.id))
-    else:
-        host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
-        if st.network.nics:
-            host.disconnect_network(st.netns, st.network.nics)
+def _members(store: Store, vm_owner: str) -> list[str]:
+    """The containers other than its owner in the VM of ``vm_owner``."""
+    return [m.id for m in store.list(on_error=lambda id, err: None) if m.sandbox == vm_owner and m.id != vm_owner]
+
+
+def _leave_vm(host: Host, store: Store, st: ContainerState, now: Status) -> None:
+    """Remove the container from its VM, leaving the VM and the others in it."""
+    try:
+        _call(host, store, st, messages.DeleteContainer(st.id), timeout=30)
+    except PellucidError:
+        pass  # the VM is gone or the container with it: nothing left in the guest
+    host.unshare(os.path.join(shared_dir(vm_dir_of(store, st)), st.id))
     if st.pid and now is not Status.STOPPED:
         host.stop_shim(st.pid, st.pid_start)
-    if st.kind != "container":
-        host.unmount_all(store.dir(st.id))
+
+
+def _tear_down(host: Host, store: Store, st: ContainerState, now: Status) -> None:
+    """Stop what the container has on the host and in its VM (the VM too, if it owns it)."""
+    if st.kind == "container":
+        _leave_vm(host, store, st, now)
+        return
+    vm_dir = vm_dir_of(store, st)
+    host.stop_vm(vm_dir, st.monitor_pid, st.monitor_start)
+    if st.netns:  # the taps, also those of a create killed before it recorded them
+        host.disconnect_network(st.netns, st.network.nics, vm_dir)
+    if st.pid and now is not Status.STOPPED:
+        host.stop_shim(st.pid, st.pid_start)
+    host.unmount_all(store.dir(st.id))
+    if st.cgroup.dirs:
+        host.remove_cgroup(st.cgroup)  # after the VM and its shims: they were in it
+
+
+def _release_vm(host: Host, store: Store, vm_owner: str) -> None:
+    """The VM lives while any container in it lives: once the last one is deleted, a VM whose
+    owner was deleted before (and stayed only to hold it) is stopped and its state removed."""
+    try:
+        with store.lock(vm_owner):
+            owner = store.load(vm_owner)
+            if owner.retired and not _members(store, vm_owner):
+                _tear_down(host, store, owner, Status.STOPPED)
+                store.remove(vm_owner)
+    except NotFound:
+        pass
 
 
 def pause(store: Store, id: str, host: Host | None = None) -> None:
@@ -215,11 +277,14 @@ def update(store: Store, id: str, resources: dict[str, Any], host: Host | None =
         quota, period = cpu.get("quota"), cpu.get("period") or 100000
         if isinstance(quota, int) and quota > 0 and cpus and quota / period > cpus:
             raise ContainerError(f"cannot give the container {quota / period:g} CPUs: its VM has {cpus} vCPUs")
-        _call(host, store, st, messages.UpdateContainer(id, resources))
+        from .guest_config import resources_for_guest
+        _call(host, store, st, messages.UpdateContainer(id, resources_for_guest(resources)))
+        if st.kind != "container" and st.cgroup.dirs:
+            host.update_cgroup(st.cgroup, resources)  # the VM's host limits follow its container's
 
 
 def list_states(store: Store) -> list[dict[str, Any]]:
-    return [oci_state(st, status(st)) for st in store.list()]
+    return [oci_state(st, status(st)) for st in store.list() if not st.retired]
 
 
 def read_json_arg(value: str) -> dict[str, Any]:

@@ -80,9 +80,23 @@ def _routes(ipr, names: dict[int, str]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["gateway"] != "", r["dst_len"] == 0))
 
 
-def connect(netns: str, mode: str = "tcfilter") -> Network:
-    """Give every interface of the namespace a tap (or macvtap) for QEMU. Returns what QEMU and the
-    agent need; no interfaces when the namespace has only loopback."""
+def vm_token(owner: str) -> str:
+    """Six hex digits naming one VM's devices (from its directory): two VMs in one namespace never
+    share a tap name, and a ``create`` killed before it saved its taps still has them found."""
+    import hashlib
+    return hashlib.sha256(os.path.realpath(owner).encode(errors="surrogateescape")).hexdigest()[:6]
+
+
+def device_names(owner: str) -> tuple[str, str]:
+    """The prefixes of the tap and macvtap names of the VM whose directory is ``owner``."""
+    token = vm_token(owner)
+    return TAP_PREFIX + token, MACVTAP_PREFIX + token
+
+
+def connect(netns: str, mode: str = "tcfilter", owner: str = "") -> Network:
+    """Give every interface of the namespace a tap (or macvtap) for QEMU, named after ``owner``
+    (the VM's directory). Returns what QEMU and the agent need; no interfaces when the namespace
+    has only loopback. On failure, removes what it made, and only that."""
     if mode not in MODES:
         raise ContainerError(f"unknown network mode {mode!r}")
     netns_mod.refuse_host(netns)  # never a tap or a filter on the host's own interfaces
@@ -102,34 +116,43 @@ def connect(netns: str, mode: str = "tcfilter") -> Network:
                            "mac": link.get_attr("IFLA_ADDRESS"), "mtu": link.get_attr("IFLA_MTU"),
                            "addresses": _addresses(ipr, link["index"])}
                     nics.append(nic)
-                    (_tcfilter if mode == "tcfilter" else _macvtap)(ipr, nic, i)
+                    (_tcfilter if mode == "tcfilter" else _macvtap)(ipr, nic, i, device_names(owner))
                 routes = _routes(ipr, names)
             finally:
                 ipr.close()
         return Network.from_dict({"nics": nics, "routes": routes})
     except Exception as err:
-        disconnect(netns, [Nic(name=n["name"], tap=n.get("tap", "")) for n in nics])
+        disconnect(netns, [Nic(name=n["name"], tap=n.get("tap", ""), ingress=n.get("ingress", False))
+                           for n in nics], owner)
         if isinstance(err, ContainerError):
             raise
         raise ContainerError(f"cannot connect the VM to network namespace {netns}: {err}") from err
 
 
-def _tcfilter(ipr, nic: dict[str, Any], i: int) -> None:
-    tap = f"{TAP_PREFIX}{i}"
-    nic["tap"] = tap
+def _redirect(ipr, src: int, dst: int) -> None:
+    ipr.tc("add-filter", "u32", src, parent=INGRESS, protocol=ETH_P_ALL, target=0x10020,
+           keys=["0x0/0x0+0"], action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                                       "ifindex": dst})
+
+
+def _tcfilter(ipr, nic: dict[str, Any], i: int, prefixes: tuple[str, str]) -> None:
+    """A tap, and traffic redirected both ways. What was made is recorded in ``nic`` once it
+    exists (the tap, the interface's ingress qdisc), so that a rollback removes that and no more."""
+    tap = f"{prefixes[0]}{i}"
     ipr.link("add", ifname=tap, kind="tuntap", mode="tap")
+    nic["tap"] = tap
     tap_index = ipr.link_lookup(ifname=tap)[0]
     ipr.link("set", index=tap_index, mtu=nic["mtu"], state="up")
     ipr.link("set", index=nic["index"], state="up")
-    for src, dst in ((nic["index"], tap_index), (tap_index, nic["index"])):
-        ipr.tc("add", "ingress", src, "ffff:")
-        ipr.tc("add-filter", "u32", src, parent=INGRESS, protocol=ETH_P_ALL, target=0x10020,
-               keys=["0x0/0x0+0"], action={"kind": "mirred", "direction": "egress", "action": "redirect",
-                                           "ifindex": dst})
+    ipr.tc("add", "ingress", nic["index"], "ffff:")  # EEXIST if another VM has this interface
+    nic["ingress"] = True
+    _redirect(ipr, nic["index"], tap_index)
+    ipr.tc("add", "ingress", tap_index, "ffff:")  # goes with the tap
+    _redirect(ipr, tap_index, nic["index"])
 
 
-def _macvtap(ipr, nic: dict[str, Any], i: int) -> None:
-    name = f"{MACVTAP_PREFIX}{i}"
+def _macvtap(ipr, nic: dict[str, Any], i: int, prefixes: tuple[str, str]) -> None:
+    name = f"{prefixes[1]}{i}"
     ipr.link("add", ifname=name, kind="macvtap", link=nic["index"], macvtap_mode="passthru")
     index = ipr.link_lookup(ifname=name)[0]
     ipr.link("set", index=index, address=nic["mac"], mtu=nic["mtu"], state="up")
@@ -138,24 +161,31 @@ def _macvtap(ipr, nic: dict[str, Any], i: int) -> None:
     nic["device"] = f"/dev/tap{index}"
 
 
-def disconnect(netns: str, nics: list[Nic]) -> None:
-    """Remove the taps and filters :func:`connect` made (idempotent; a gone namespace is fine)."""
-    if not nics or not os.path.exists(netns) or netns_mod.is_host(netns):
+def disconnect(netns: str, nics: list[Nic], owner: str = "") -> None:
+    """Remove what :func:`connect` made for the VM whose directory is ``owner``: its taps (those
+    in ``nics``, and any other by its names, which a ``create`` killed half-way made without
+    recording them) and the ingress qdiscs it added to the namespace's interfaces. Idempotent; a
+    gone namespace is fine."""
+    if not os.path.exists(netns) or netns_mod.is_host(netns):
         return  # connect never touches the host's namespace: neither may its undo
+    prefixes = device_names(owner) if owner else ()
     try:
         with in_netns(netns):
+            names = {name for _, name in socket.if_nameindex()}
+            ours = {n.tap for n in nics if n.tap} | {n for n in names if prefixes and n.startswith(prefixes)}
+            filtered = [n.name for n in nics if n.ingress and n.name in names]
+            if not (ours & names) and not filtered:
+                return  # nothing of ours there: no netlink (nor its import)
             ipr = _ipr()
             try:
-                for nic in nics:
-                    for name in (nic.tap, nic.name):
-                        found = ipr.link_lookup(ifname=name) if name else []
-                        if found and name == nic.name:
-                            try:
-                                ipr.tc("del", "ingress", found[0], "ffff:")
-                            except Exception:
-                                pass
-                        elif found:
-                            ipr.link("del", index=found[0])
+                for name in filtered:
+                    try:
+                        ipr.tc("del", "ingress", ipr.link_lookup(ifname=name)[0], "ffff:")
+                    except Exception:
+                        pass
+                for name in ours & names:
+                    for index in ipr.link_lookup(ifname=name):
+                        ipr.link("del", index=index)
             finally:
                 ipr.close()
     except (ContainerError, OSError):

@@ -17,12 +17,13 @@ from .. import messages, procs, sockets
 from ..errors import VMError
 from ..host_messages import MonitorReady, Share, VMDescription, VMInfo
 from ..vm.agent_client import AgentClient
+from . import cgroups
 from .layout import MONITOR_SOCKET, shared_dir
 from .ready import read_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Sequence
 
 DESCRIPTION = "vm.json"
 LOG = "monitor.log"
@@ -64,18 +65,21 @@ class MonitorProcess:
         self._proc.wait()
 
 
-def launch(vm_dir: str, desc: VMDescription) -> MonitorProcess:
-    """Write vm.json and start the monitor, which boots the VM."""
-    os.makedirs(shared_dir(vm_dir), exist_ok=True)
+def launch(vm_dir: str, desc: VMDescription, cgroup: Sequence[str] = ()) -> MonitorProcess:
+    """Write vm.json and start the monitor, which boots the VM; in the host cgroup directories
+    ``cgroup`` from before it runs, so that QEMU, its child, is there too."""
+    # Traversable by the guest's user-namespaced roots; local users are kept out by --root's 0700.
+    os.makedirs(shared_dir(vm_dir), 0o711, exist_ok=True)
     desc.shares = [Share(tag=messages.SHARE_TAG, path=shared_dir(vm_dir))]
     with open(os.path.join(vm_dir, DESCRIPTION), "w") as f:
         f.write(desc.to_json())
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
         with open(os.path.join(vm_dir, LOG), "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "pellucid.monitor", vm_dir, "--ready-fd", str(ready_w)],
+            proc = subprocess.Popen([*_monitor_argv(vm_dir), "--ready-fd", str(ready_w)],
                                     pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True,
+                                    preexec_fn=(lambda: cgroups.join(cgroup)) if cgroup else None)
     except BaseException:
         os.close(ready_r)
         raise
@@ -121,10 +125,21 @@ def connect(vm_dir: str, timeout: float = 30.0) -> MonitorConnection:
         raise VMError(f"the VM is not running ({err.strerror or err})") from err
 
 
-def stop(vm_dir: str, pid: int, start: int, timeout: float = 10.0) -> None:
-    """Shut the VM down: ask the monitor, then SIGTERM, then SIGKILL (QEMU dies with it). Idempotent;
-    a monitor that is gone (or whose pid another process has now) is left alone."""
-    procs.stop(pid, start, ask=lambda: _shutdown(vm_dir, timeout), timeout=timeout)
+def stop(vm_dir: str, pid: int, start: int, timeout: float = 10.0, force: bool = False) -> None:
+    """Shut the VM down: ask the monitor, then SIGTERM, then SIGKILL (QEMU dies with it); with
+    ``force`` (a guest that is broken), SIGKILL at once. Idempotent; a monitor that is gone (or
+    whose pid another process has now) is left alone. Without a pid (a ``create`` killed before it
+    recorded one), the monitor of ``vm_dir`` is found by its command line."""
+    monitors = [(pid, start)] if pid else procs.find(_monitor_argv(vm_dir)[1:])
+    for pid, start in monitors:
+        if force:
+            procs.stop(pid, start, term=False, timeout=timeout)
+        else:
+            procs.stop(pid, start, ask=lambda: _shutdown(vm_dir, timeout), timeout=timeout)
+
+
+def _monitor_argv(vm_dir: str) -> list[str]:
+    return [sys.executable, "-m", "pellucid.monitor", vm_dir]
 
 
 def _shutdown(vm_dir: str, timeout: float) -> None:

@@ -13,8 +13,13 @@ import sys
 from .. import procs
 from ..errors import ContainerError
 from ..host_messages import ShimReady, ShimRequest
+from . import cgroups
 from . import netns as netns_mod
 from .ready import read_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Sequence
 
 ABORT_TIMEOUT = 5.0
 
@@ -22,7 +27,7 @@ ABORT_TIMEOUT = 5.0
 class ShimHandle:
     """A shim started and waiting for its request (it is already in the container's netns)."""
 
-    def __init__(self, netns: str | None, console: bool = False) -> None:
+    def __init__(self, netns: str | None, console: bool = False, cgroup: Sequence[str] = ()) -> None:
         if netns:
             netns_mod.check(netns)
         req_r, self._req_w = os.pipe2(os.O_CLOEXEC)
@@ -32,15 +37,17 @@ class ShimHandle:
         # goes to a console socket: then they must not be held open (containerd reads them to EOF).
         stdio = subprocess.DEVNULL if console else None
         try:
-            # The shim is in the container's network namespace before its pid is known to anyone
-            # (prestart hooks, Docker's among them, find the namespace through it).
+            # The shim is in the container's network namespace and the VM's host cgroup before its
+            # pid is known to anyone (prestart hooks, Docker's among them, find the namespace
+            # through it; containerd and conmon read the cgroup of the pid for stats).
             self.proc = subprocess.Popen(argv, pass_fds=(req_r, ready_w), close_fds=True, stdin=stdio,
                                          stdout=stdio, stderr=stdio,
-                                         preexec_fn=(lambda: netns_mod.enter(netns)) if netns else None)
+                                         preexec_fn=(lambda: _enter(netns, cgroup)) if netns or cgroup else None)
         except subprocess.SubprocessError as err:
             os.close(self._req_w)
             os.close(self._ready_r)
-            raise ContainerError(f"cannot start the shim in network namespace {netns}: {err}") from err
+            raise ContainerError(f"cannot start the shim in network namespace {netns} and cgroup "
+                                 f"{cgroup[0] if cgroup else '-'}: {err}") from err
         finally:
             os.close(req_r)
             os.close(ready_w)
@@ -98,10 +105,21 @@ class ShimHandle:
         return self.proc.wait()
 
 
-def stop(pid: int, start: int) -> None:
+def _enter(netns: str | None, cgroup: Sequence[str]) -> None:
+    """In the shim's child, before exec."""
+    if cgroup:
+        cgroups.join(cgroup)
+    if netns:
+        netns_mod.enter(netns)
+
+
+def stop(pid: int, start: int, grace: float = 0.0) -> None:
     """Stop a container's shim that is relaying (delete): SIGKILL, never SIGTERM, which it would
-    forward to the workload."""
-    procs.stop(pid, start, term=False)
+    forward to the workload; after ``grace`` seconds for it to exit on its own (its VM stopped)."""
+    if grace > 0:
+        procs.stop(pid, start, ask=lambda: None, term=False, timeout=grace)
+    else:
+        procs.stop(pid, start, term=False)
 
 
 def write_pid_file(path: str, pid: int) -> None:

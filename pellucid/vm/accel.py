@@ -1,10 +1,13 @@
 """Which accelerator really works: KVM is tried with a real boot to the agent's handshake (an
 openable /dev/kvm proves nothing: on PVM hosts ordinary guests fail), TCG is the fallback.
-The verdict is cached per host kernel, QEMU binary and guest assets.
+The verdict is cached per host kernel, QEMU binary and guest assets; concurrent first VMs probe
+once (under a lock), and a probe that only timed out (a busy host, not a broken KVM) is used but
+not cached.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,6 +23,7 @@ from .spec import make_spec
 
 KVM_PROBE_TIMEOUT = 15.0
 CACHE_NAME = "accel.json"
+LOCK_NAME = "accel.lock"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Probe:
     kvm_error: str  # why KVM was not taken, "" if it was
     key: str
     probed_at: float
+    timed_out: bool = False  # KVM did not fail, it was slow: a verdict not to keep
 
 
 def cache_key(cfg: Config, assets: Assets) -> str:
@@ -67,17 +72,20 @@ def probe(cfg: Config, assets: Assets, run_dir: str) -> Probe:
     """Boot once with KVM (if the device opens); the answer is KVM if the agent answered, else TCG."""
     key = cache_key(cfg, assets)
     error = kvm_device_error()
+    timed_out = False
     if not error:
         os.makedirs(run_dir, exist_ok=True)
         workdir = tempfile.mkdtemp(prefix="probe-", dir=run_dir)
+        started = time.monotonic()
         try:
             try_boot(cfg, assets, "kvm", KVM_PROBE_TIMEOUT, workdir).stop()
         except VMError as err:
             error = "a guest does not boot under KVM here: " + str(err).splitlines()[0][:600]
+            timed_out = time.monotonic() - started >= KVM_PROBE_TIMEOUT
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     return Probe(accelerator="tcg" if error else "kvm", kvm_usable=not error, kvm_error=error, key=key,
-                 probed_at=time.time())
+                 probed_at=time.time(), timed_out=timed_out)
 
 
 def cached(cfg: Config, assets: Assets) -> Probe | None:
@@ -103,10 +111,36 @@ def choose(cfg: Config, assets: Assets, run_dir: str, *, refresh: bool = False) 
     if cfg.hypervisor.accelerator != "auto":
         return cfg.hypervisor.accelerator, None
     result = None if refresh else cached(cfg, assets)
-    if result is None:
-        result = probe(cfg, assets, run_dir)
-        try:
-            save(cfg, result)
-        except OSError:
-            pass
+    if result is not None:
+        return result.accelerator, result
+    with _ProbeLock(cfg):
+        result = None if refresh else cached(cfg, assets)  # probed by another VM while we waited
+        if result is None:
+            result = probe(cfg, assets, run_dir)
+            if not result.timed_out:
+                try:
+                    save(cfg, result)
+                except OSError:
+                    pass
     return result.accelerator, result
+
+
+class _ProbeLock:
+    """flock(2) on the assets directory's lock file, so that one probe runs at a time (none if
+    the directory cannot hold one: then probes may run side by side, as before)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.path = os.path.join(cfg.assets.dir, LOCK_NAME)
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError:
+            self.__exit__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -61,7 +61,12 @@ class AgentClient:
                 self._pump(deadline)
             except TimeoutError:
                 raise VMError(f"the agent did not answer {request.OP!r} within {timeout:g}s") from None
-        return parse_result(self._responses.pop(id), request.RESULT)
+        value = parse_response(self._responses.pop(id))
+        try:
+            return request.read_result(value)
+        except protocol.ProtocolError as err:
+            name = request.RESULT.__name__ if request.RESULT is not None else "result"
+            raise VMError(f"agent sent an invalid {name} to {request.OP!r}: {err}") from err
 
 
 def parse_response(frame: protocol.Frame) -> Any:

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 from .. import messages, procs, protocol
 from ..errors import AgentError, VMError
@@ -95,11 +94,13 @@ class VM:
         self.agent = AgentClient(agent_host)
         self._qmp_sock = qmp_host
 
-    def handshake(self, timeout: float) -> messages.HelloResult:
-        """Wait for the agent to answer; raises VMError with QEMU's and the console's output if it does not."""
+    def handshake(self, timeout: float, *, template: bool = False) -> messages.HelloResult:
+        """Wait for the agent to answer; raises VMError with QEMU's and the console's output if it does not.
+        A ``template``'s agent readies itself to be saved and cloned (and reads no boot id)."""
         assert self.agent is not None
         try:
-            self.hello = self.agent.call(messages.Hello(protocol.VERSION, time.time_ns()), timeout=timeout)
+            self.hello = self.agent.call(messages.Hello(protocol.VERSION, time.time_ns(), template=template),
+                                         timeout=timeout)
         except (VMError, AgentError, OSError) as err:
             raise VMError(f"the VM did not come up: {err}{self._diagnostics()}", self.console()) from err
         done = time.monotonic()

@@ -28,7 +28,9 @@ class Share:
 
 @dataclass(frozen=True)
 class Nic:
-    """A virtio-net device backed by a tap in the VM's network namespace, by name or open fd (macvtap)."""
+    """A virtio-net device backed by a tap in the VM's network namespace, by name or open fd (macvtap);
+    with neither, connected to nothing (a template's NIC slot, or a clone's unused one; a hub port
+    there hangs QEMU 7.2's guest before its kernel prints a line)."""
 
     mac: str
     tap: str = ""
@@ -59,6 +61,11 @@ class VMSpec:
     shares: tuple[Share, ...] = field(default_factory=tuple)
     nics: tuple[Nic, ...] = field(default_factory=tuple)
     extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
+    #: guest RAM in this file (a template's, on tmpfs): shared to write it, private (copy-on-write) to clone it
+    ram_file: str = ""
+    ram_shared: bool = True
+    #: start paused, waiting for a migration stream given later over QMP (a clone of a template)
+    incoming: bool = False
 
 
 def cpu_model(accelerator: str) -> str:
@@ -96,12 +103,17 @@ def build_argv(spec: VMSpec) -> list[str]:
             "-display", "none", "-no-reboot"]
     if spec.pidfile:
         argv += ["-pidfile", spec.pidfile]
+    ram = ",memory-backend=ram0" if spec.ram_file else ""
+    if spec.ram_file:
+        share = "on" if spec.ram_shared else "off"
+        argv += ["-object", f"memory-backend-file,id=ram0,mem-path={spec.ram_file},size={spec.memory_mib}M,"
+                            f"share={share}"]
     if spec.machine == "q35":
-        argv += ["-machine", f"q35,accel={spec.accelerator},{Q35_OPTIONS},mem-merge=on",
+        argv += ["-machine", f"q35,accel={spec.accelerator},{Q35_OPTIONS},mem-merge=on{ram}",
                  "-bios", spec.firmware,
                  "-m", f"{spec.memory_mib}M,slots=2,maxmem={maxmem_mib(spec)}M"]
     else:
-        argv += ["-machine", f"microvm,accel={spec.accelerator},mem-merge=on,isa-serial=on",
+        argv += ["-machine", f"microvm,accel={spec.accelerator},mem-merge=on,isa-serial=on{ram}",
                  "-m", f"{spec.memory_mib}M"]
     argv += ["-cpu", cpu_model(spec.accelerator), "-smp", str(spec.vcpus),
              "-kernel", spec.kernel, "-append", kernel_cmdline(spec)]
@@ -128,11 +140,16 @@ def build_argv(spec: VMSpec) -> list[str]:
         argv += ["-chardev", "ringbuf,id=console,size=65536"]
     argv += ["-serial", "chardev:console"]
     for i, nic in enumerate(spec.nics):
-        backend = f"fd={nic.fd}" if nic.fd >= 0 else f"ifname={nic.tap},script=no,downscript=no"
-        argv += ["-netdev", f"tap,id=net{i},{backend},vhost=off",
-                 "-device", f"virtio-net-{bus},netdev=net{i},mac={nic.mac},host_mtu={nic.mtu}"]
+        if nic.fd >= 0:
+            argv += ["-netdev", f"tap,id=net{i},fd={nic.fd},vhost=off"]
+        elif nic.tap:
+            argv += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no,vhost=off"]
+        netdev = f"netdev=net{i}," if nic.fd >= 0 or nic.tap else ""
+        argv += ["-device", f"virtio-net-{bus},{netdev}mac={nic.mac},host_mtu={nic.mtu}"]
     for i, share in enumerate(spec.shares):
         ro = ",readonly=on" if share.readonly else ""
         argv += ["-fsdev", f"local,id=fs{i},path={share.path},{FSDEV_OPTIONS}{ro}",
                  "-device", f"virtio-9p-{bus},fsdev=fs{i},mount_tag={share.tag}"]
+    if spec.incoming:
+        argv += ["-S", "-incoming", "defer"]
     return argv

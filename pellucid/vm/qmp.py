@@ -49,10 +49,23 @@ class QMP:
         return msg
 
     def execute(self, command: str, **arguments: Any) -> Any:
+        return self._execute(command, arguments, None)
+
+    def execute_with_fd(self, command: str, fd: int, **arguments: Any) -> Any:
+        """A command that takes a file descriptor with it (SCM_RIGHTS), such as ``getfd``."""
+        return self._execute(command, arguments, fd)
+
+    def _execute(self, command: str, arguments: dict[str, Any], fd: int | None) -> Any:
         msg: dict[str, Any] = {"execute": command}
         if arguments:
             msg["arguments"] = arguments
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        data = json.dumps(msg).encode() + b"\n"
+        if fd is None:
+            self.sock.sendall(data)
+        else:
+            self.sock.settimeout(self.timeout)
+            sent = socket.send_fds(self.sock, [data], [fd])
+            self.sock.sendall(data[sent:])
         deadline = time.monotonic() + self.timeout
         while True:
             reply = self._read(deadline)

@@ -27,7 +27,7 @@ from tests.evidence import keep_on_failure
 
 from . import harness
 
-PELLUCID = "/usr/local/bin/pellucid"
+PELLUCID = os.environ.get("PELLUCID_TEST_BINARY", "/usr/local/bin/pellucid")  # a worktree's .venv/bin/pellucid
 PODMAN_ROOT = "/run/pellucid"  # podman passes no --root: pellucid's default
 SHOW_VM = "uname -r; cat /proc/sys/kernel/random/boot_id"
 TIMEOUT = 300  # a client command that boots a VM under TCG, with other VMs booting meanwhile
@@ -128,7 +128,11 @@ def pellucid_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A generous boot timeout (TCG on shared cores, other VMs booting): clients start their
     daemons with our environment, and pass it down to the runtime."""
     path = tmp_path / "pellucid.toml"
-    path.write_text("[hypervisor]\nboot_timeout = 240\n")
+    text = "[hypervisor]\nboot_timeout = 240\n"
+    assets = os.environ.get("PELLUCID_TEST_ASSETS_DIR")  # a checkout whose guest code differs builds its own
+    if assets:
+        text += f'[assets]\ndir = "{assets}"\n'
+    path.write_text(text)
     monkeypatch.setenv("PELLUCID_CONFIG", str(path))
     return path
 
@@ -230,6 +234,54 @@ def test_docker_run_interactive_stdin(dockerd: harness.Dockerd) -> None:
     out = run_pellucid(dockerd, "--rm", "-i", "local/busybox", "cat", input=text)
     assert out.returncode == 0, docker_fail_message(dockerd, out)
     assert out.stdout == text
+
+
+def _docker_size(text: str) -> float:
+    """docker stats' "12.5MiB" in bytes."""
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+    number = text.rstrip("BKMGiko")
+    return float(number) * units[text[len(number):]]
+
+
+def _docker_stats(d: harness.Dockerd, name: str) -> tuple[float, float, int]:
+    """(memory used, memory limit, pids) as `docker stats` shows them."""
+    out = d.docker("stats", "--no-stream", "--format", "{{.MemUsage}}|{{.PIDs}}", name, timeout=TIMEOUT)
+    usage, pids = out.stdout.strip().split("|")
+    used, limit = (_docker_size(part.strip()) for part in usage.split("/"))
+    return used, limit, int(pids)
+
+
+def test_docker_stats_show_what_the_vm_costs_the_host(dockerd: harness.Dockerd) -> None:
+    """The VM (QEMU, monitor, shim) is in the shim's host cgroup, which containerd's shim reads:
+    the limit is the container's plus the declared overhead, and the usage moves by the 100 MiB
+    the container touches."""
+    from pellucid.config import OverheadConfig
+    out = run_pellucid(dockerd, "-d", "--name", "st", "-m", "256m", "local/busybox", "sleep", "1000")
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    time.sleep(3)
+    used, limit, pids = _docker_stats(dockerd, "st")
+    assert limit == (256 + 256 + OverheadConfig().memory_mib) << 20  # limit + guest base RAM + overhead
+    assert pids > 3  # the shim, the monitor, QEMU and its threads: not 0
+    dockerd.docker("exec", "-d", "st", "sh", "-c", "dd if=/dev/zero bs=100M count=1 | sleep 600", timeout=TIMEOUT)
+    deadline = time.monotonic() + 90
+    grown = 0.0
+    while time.monotonic() < deadline and grown < 90 << 20:
+        time.sleep(2)
+        grown = _docker_stats(dockerd, "st")[0] - used
+    assert grown >= 90 << 20, f"docker stats moved by {grown / (1 << 20):.1f} MiB"
+    dockerd.docker("rm", "-f", "st", timeout=TIMEOUT)
+
+
+def test_docker_run_oom_killed_inside_its_vm(dockerd: harness.Dockerd) -> None:
+    """-m 64m is the guest's limit: a process going past it is OOM-killed in the VM, and an init
+    killed so exits 137. The host cgroup (limit plus overhead) never fills, so Docker's OOMKilled,
+    which comes from the host cgroup's OOM events, stays false: see the README."""
+    out = run_pellucid(dockerd, "--name", "oom", "-m", "64m", "local/busybox", "dd", "if=/dev/zero", "of=/dev/null",
+                       "bs=100M", "count=1")
+    assert out.returncode == 137, docker_fail_message(dockerd, out)
+    state = dockerd.docker("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", "oom").stdout.split()
+    assert state == ["137", "false"], state
+    dockerd.docker("rm", "-f", "oom", timeout=TIMEOUT)
 
 
 def _read_pty(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
@@ -339,6 +391,46 @@ def test_docker_default_bridge_network_starts(dockerd: harness.Dockerd) -> None:
     out = dockerd.docker("run", "--rm", "--runtime", "pellucid", "local/busybox", "true",
                          check=False, timeout=TIMEOUT)
     assert out.returncode == 0, docker_fail_message(dockerd, out)
+
+
+def test_docker_container_namespaces_share_one_vm(dockerd: harness.Dockerd) -> None:
+    """--network container:a and --ipc container:a (a started with --ipc shareable): b runs in a's
+    VM (same boot id) and IPC namespace; removing a leaves b running, in the VM a booted."""
+    out = run_pellucid(dockerd, "-d", "--ipc", "shareable", "local/busybox", "sleep", "3600")
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    a = out.stdout.strip()
+    out = dockerd.docker("run", "-d", "--runtime", "pellucid", "--network", f"container:{a}", "--ipc",
+                         f"container:{a}", "local/busybox", "sleep", "3600", check=False, timeout=TIMEOUT)
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    b = out.stdout.strip()
+    show = "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/ipc"
+    in_a = dockerd.docker("exec", a, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    in_b = dockerd.docker("exec", b, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    assert in_a.returncode == 0 and in_b.returncode == 0, docker_fail_message(dockerd, in_b)
+    assert in_a.stdout == in_b.stdout and in_a.stdout.split()[0] != host_boot_id()
+    assert dockerd.docker("rm", "-f", a, check=False, timeout=TIMEOUT).returncode == 0
+    again = dockerd.docker("exec", b, "cat", "/proc/sys/kernel/random/boot_id", check=False, timeout=TIMEOUT)
+    assert again.returncode == 0 and again.stdout.split()[0] == in_a.stdout.split()[0], docker_fail_message(dockerd, again)
+    assert dockerd.docker("rm", "-f", b, check=False, timeout=TIMEOUT).returncode == 0
+
+
+def test_docker_container_pid_namespace_is_shared_in_one_vm(dockerd: harness.Dockerd) -> None:
+    """--pid container:a: b runs in a's VM and PID namespace, and sees a's processes there."""
+    out = run_pellucid(dockerd, "-d", "local/busybox", "sleep", "3601")
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    a = out.stdout.strip()
+    out = dockerd.docker("run", "-d", "--runtime", "pellucid", "--pid", f"container:{a}", "local/busybox",
+                         "sleep", "3602", check=False, timeout=TIMEOUT)
+    assert out.returncode == 0, docker_fail_message(dockerd, out)
+    b = out.stdout.strip()
+    show = "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/pid"
+    in_a = dockerd.docker("exec", a, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    in_b = dockerd.docker("exec", b, "sh", "-c", show, check=False, timeout=TIMEOUT)
+    assert in_a.returncode == 0 and in_b.returncode == 0, docker_fail_message(dockerd, in_b)
+    assert in_a.stdout == in_b.stdout and in_a.stdout.split()[0] != host_boot_id()
+    seen = dockerd.docker("exec", b, "ps", "-o", "args", check=False, timeout=TIMEOUT)
+    assert "sleep 3601" in seen.stdout and "sleep 3602" in seen.stdout, docker_fail_message(dockerd, seen)
+    assert dockerd.docker("rm", "-f", b, a, check=False, timeout=TIMEOUT).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------

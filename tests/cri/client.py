@@ -9,9 +9,13 @@ and the runtime's message. Messages are the classes of `cri_v1_pb2` (`cri.pb`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-import grpc
+# gRPC restarts its poller threads in a forked child unless told not to; the suite's own fork()s
+# (tests/unit/test_state.py) close every inherited descriptor, and that thread then aborts the child.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+import grpc  # noqa: E402
 
 from tests.cri import stubs
 

@@ -55,8 +55,14 @@ class CriContainerd(harness.PrivateService):
 
     def __init__(self, handlers: Mapping[str, str] | None = None, *, network: str = "169.254.160.0/20",
                  sandbox_image: str = "localhost/pellucid-test/pause:3.9", binary: str = "containerd",
-                 start_timeout: float = 60) -> None:
+                 start_timeout: float = 60, env: Mapping[str, str] | None = None,
+                 request_timeout: float = 120) -> None:
+        """``env``: added to containerd's environment, which its shims and so the runtimes inherit
+        (PELLUCID_CONFIG names the pellucid runtime's configuration). ``request_timeout``: the
+        CRI calls' deadline (kubelet's --runtime-request-timeout is 2 minutes)."""
         super().__init__()
+        self.env = dict(env or {})
+        self.request_timeout = request_timeout
         self.handlers = {"runc": harness.RUNC, **(handlers or {})}
         self.network = ipaddress.IPv4Network(network)
         self.sandbox_image = sandbox_image
@@ -159,12 +165,12 @@ class CriContainerd(harness.PrivateService):
         (d / "cni-bin" / "loopback").symlink_to(debian_loopback if debian_loopback.exists() else CNI_PLUGIN)
         (d / "cni-conf" / f"10-{CNI_NETWORK_NAME}.conflist").write_text(json.dumps(self.cni_conflist(), indent=1))
         (d / "config.toml").write_text(self.config_toml())
-        env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":" + DEFAULT_PATH}
+        env = {**os.environ, **self.env, "PATH": os.environ.get("PATH", "") + ":" + DEFAULT_PATH}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([self.binary, "--config", str(d / "config.toml")],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          env=env, start_new_session=True)
-        self.cri = CriClient(self.address)
+        self.cri = CriClient(self.address, timeout=self.request_timeout)
         self._wait(self._cri_ready, "containerd's CRI")
 
     def _cri_ready(self) -> bool:

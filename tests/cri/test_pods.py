@@ -1,7 +1,7 @@
 """Pods driven through the CRI as kubelet drives them, for each runtime handler.
 
-Every scenario runs with `runc` (the reference) and, with PELLUCID_CRI_TESTS=1, with
-`pellucid`. A pod is removed in kubelet's order when its block ends, and the `kubelet`
+Every scenario runs with `runc` (the reference) and with `pellucid` (left out with
+PELLUCID_CRI_TESTS=0). A pod is removed in kubelet's order when its block ends, and the `kubelet`
 fixture then checks that the runtime lists no pod.
 """
 

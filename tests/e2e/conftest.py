@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,12 +31,25 @@ def qemu_pids(under: Path | str = "") -> set[int]:
     return {int(p) for p in out.split()}
 
 
+TEMPLATES = os.environ.get("PELLUCID_TEST_TEMPLATES", "1") != "0"  # 0: every VM boots cold
+
+
 @pytest.fixture(scope="session")
-def config_file(tmp_path_factory) -> Path:
+def template_dir():
+    """The session's own template store on tmpfs (templates are built on first need), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="pellucid-test-templates-", dir="/dev/shm")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def config_file(tmp_path_factory, template_dir) -> Path:
     """The default configuration, but with boot timeouts that survive many VMs booting at once under TCG,
-    and the guest's console (kernel messages included) in each VM's console.log, for a failure's evidence."""
+    the guest's console (kernel messages included) in each VM's console.log, for a failure's evidence,
+    and the session's template store (or, with PELLUCID_TEST_TEMPLATES=0, no templates: cold boots)."""
     path = tmp_path_factory.mktemp("config") / "pellucid.toml"
     text = "[hypervisor]\nboot_timeout = 240\ndebug_console = true\n"
+    text += f'templates = true\ntemplate_dir = "{template_dir}"\n' if TEMPLATES else "templates = false\n"
     assets = os.environ.get("PELLUCID_TEST_ASSETS_DIR")  # a checkout whose guest code differs builds its own
     if assets:
         text += f'[assets]\ndir = "{assets}"\n'
@@ -89,6 +103,10 @@ class Runtime:
 
     def state(self, id: str) -> dict:
         return json.loads(self("state", id).stdout)
+
+    def vm_info(self, id: str) -> dict:
+        """The VM's info as the container's state keeps it (pellucid.host_messages.VMInfo)."""
+        return json.loads((self.root / id / "state.json").read_text())["vm"]
 
     def evidence(self) -> str:
         """The VMs' monitor logs and consoles, for a failure message."""

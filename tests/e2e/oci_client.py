@@ -122,3 +122,13 @@ def spawn(runtime, *args: str, pipes: Pipes | None = None, **kw) -> subprocess.C
                                                  "stderr": subprocess.DEVNULL}
     proc = subprocess.run(runtime.argv(*args), timeout=300, **stdio, **kw)
     return proc
+
+
+def create(runtime, bundle: Path, id: str, tmp_path: Path, pipes: Pipes | None = None) -> int:
+    """``create`` as a client runs it (with the container's stdio when given); returns the init's pid."""
+    pid_file = tmp_path / f"{id}.pid"
+    out = spawn(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), id, pipes=pipes)
+    if pipes:
+        pipes.close_child_ends()
+    assert out.returncode == 0, runtime.log.read_text() + runtime.evidence()
+    return int(pid_file.read_text())

@@ -37,7 +37,8 @@ def test_a_failed_test_keeps_the_vm_logs_console_and_state(tmp_path):
     (tmp_path / "conftest.py").write_text('pytest_plugins = ("tests.evidence", "tests.e2e.conftest")\n')
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER_TEST))
     out_dir = tmp_path / "evidence"
-    env = {**os.environ, evidence.ENV: str(out_dir), "PYTHONPATH": str(REPO)}
+    # A cold boot: a clone's console starts where its template's stopped, after the kernel's messages.
+    env = {**os.environ, evidence.ENV: str(out_dir), "PYTHONPATH": str(REPO), "PELLUCID_TEST_TEMPLATES": "0"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_inner.py"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     output = run.stdout + run.stderr

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import host_boot_id
+from .conftest import TEMPLATES, host_boot_id
 from .oci_client import ConsoleSocket, Pipes, become_subreaper, read_until, spawn, wait_exit
 
 pytestmark = pytest.mark.vm
@@ -44,6 +44,8 @@ def test_a_container_runs_in_its_own_vm_through_its_whole_lifecycle(runtime, mak
     state = runtime.state("life")
     assert state["status"] == "created" and state["pid"] == pid and state["bundle"] == str(bundle)
     assert state["rootfs"] == str(bundle / "rootfs")
+    vm = runtime.vm_info("life")
+    assert bool(vm["template"]) == TEMPLATES  # a clone of a template, or (templates off) a cold boot
     runtime("start", "life")
     assert runtime.state("life")["status"] == "running"
     pipes.write_stdin(b"ping\n")
@@ -51,7 +53,7 @@ def test_a_container_runs_in_its_own_vm_through_its_whole_lifecycle(runtime, mak
     assert wait_exit(pid) == 7
     fields = dict(f.split("=", 1) for f in out.decode().split()[:2])
     assert fields["kernel"] != os.uname().release
-    assert fields["boot"] != host_boot_id()
+    assert fields["boot"] == vm["boot_id"] != host_boot_id()
     assert b"got:ping" in out and err == b""
     assert runtime.state("life")["status"] == "stopped" and runtime.state("life")["pid"] == 0
     runtime("delete", "life")
@@ -221,6 +223,9 @@ def test_twenty_containers_created_at_once(runtime, make_bundle, tmp_path):
     assert sorted(s["id"] for s in listed) == sorted(f"c{i}" for i in range(20))
     assert {s["status"] for s in listed} == {"created"}
     assert len({s["pid"] for s in listed}) == 20
+    vms = [runtime.vm_info(f"c{i}") for i in range(20)]
+    assert len({vm["boot_id"] for vm in vms}) == 20  # clones of one template too: each its own
+    assert len({vm["template"] for vm in vms}) == 1 and bool(vms[0]["template"]) == TEMPLATES
     with ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(lambda i: runtime("delete", "--force", f"c{i}", check=False).returncode, range(20)))
     assert codes == [0] * 20

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from .conftest import TEMPLATES
 from .oci_client import become_subreaper, read_until, spawn, wait_exit, Pipes
 
 pytestmark = pytest.mark.vm
@@ -61,21 +62,25 @@ def with_netns(bundle, path: str | None) -> None:
 
 
 @pytest.mark.parametrize("mode", ["tcfilter", "macvtap"])
-def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, make_bundle, tmp_path, cni_pair, mode):
+def test_a_server_in_the_vm_is_reached_from_the_other_end_of_the_veth(runtime, make_bundle, tmp_path, cni_pair, mode,
+                                                                     config_file):
     become_subreaper()
     runtime.config = tmp_path / "pellucid.toml"
-    runtime.config.write_text(f'[hypervisor]\nboot_timeout = 240\n[network]\nmode = "{mode}"\n')
+    runtime.config.write_text(config_file.read_text() + f'[network]\nmode = "{mode}"\n')
     peer, ctr = cni_pair
     mac = json.loads(sh("ip", "-n", ctr, "-j", "link", "show", "eth0").stdout)[0]["address"]
     bundle = make_bundle(["sh", "-c", "mkdir -p /www && echo hello-from-vm > /www/index.html && "
                           "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu && ip route && ip -6 addr && "
-                          "echo serving && exec httpd -f -p 80 -h /www"])
+                          "httpd -f -p 80 -h /www & "  # serving only once it answers: no race with the fetches below
+                          "until wget -q -O /dev/null http://127.0.0.1/; do sleep 0.1; done; echo serving; wait"])
     with_netns(bundle, f"/run/netns/{ctr}")
     pipes = Pipes()
     pid_file = tmp_path / "pid"
     out = spawn(runtime, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), "web", pipes=pipes)
     pipes.close_child_ends()
     assert out.returncode == 0, runtime.log.read_text() + runtime.evidence()
+    # A clone's NIC (tap or macvtap) is in its template's slot, given the namespace's MAC when it resumed.
+    assert bool(runtime.vm_info("web")["template"]) == TEMPLATES
     runtime("start", "web")
     shown = read_until(pipes.stdout_r, b"serving").decode()
     # The guest's interface is the namespace's: same MAC, MTU, addresses and default route.

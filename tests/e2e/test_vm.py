@@ -65,6 +65,8 @@ def test_check_json_reports_a_real_guest(tmp_path):
     assert report["guest_boot_id"] != report["host_boot_id"] == host_boot_id()
     assert report["rootfs_dax"] is True
     assert 0 < report["timeline_ms"]["kernel"] < report["timeline_ms"]["init"] <= report["boot_ms"]
+    templates = next(c for c in report["checks"] if c["name"] == "templates")
+    assert templates["ok"] and templates["detail"].startswith("on: VMs start as clones")  # the default
     assert qemu_pids(tmp_path) == set()
 
 

@@ -107,7 +107,7 @@ def test_an_unknown_or_unserved_operation_is_unsupported(channel):
 
 def test_a_malformed_request_is_answered_invalid(channel):
     frames = channel.exchange(protocol.encode(protocol.REQUEST, 1, b"[1]")
-                              + protocol.encode(protocol.REQUEST, 2, b'{"op": "ping", "args": []}'))
+                              + protocol.encode(protocol.REQUEST, 2, b'{"op": "%s", "args": []}' % messages.Ping.OP.encode()))
     assert [(f.id, error_of(f).kind) for f in frames] == [(1, "invalid"), (2, "invalid")]
 
 

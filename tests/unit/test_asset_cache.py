@@ -51,7 +51,11 @@ def test_our_fragment_asks_for_what_the_design_needs():
     opts = kernel.parse_fragment(kernel.fragment_text())
     for needed in ("CONFIG_PVH", "CONFIG_VIRTIO_PMEM", "CONFIG_FS_DAX", "CONFIG_NET_9P_VIRTIO", "CONFIG_9P_FS",
                    "CONFIG_VIRTIO_CONSOLE", "CONFIG_VIRTIO_NET", "CONFIG_OVERLAY_FS", "CONFIG_SECCOMP_FILTER",
-                   "CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_DEVTMPFS", "CONFIG_EXT4_FS", "CONFIG_VIRTIO_MMIO"):
+                   "CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_DEVTMPFS", "CONFIG_EXT4_FS", "CONFIG_VIRTIO_MMIO",
+                   # pods: iptables with both backends, NAT for IPv4 and IPv6, FUSE, virtio-fs
+                   "CONFIG_IP_NF_NAT", "CONFIG_IP6_NF_NAT", "CONFIG_NF_TABLES", "CONFIG_NFT_COMPAT", "CONFIG_NFT_NAT",
+                   "CONFIG_NETFILTER_XT_TARGET_REDIRECT", "CONFIG_FUSE_FS", "CONFIG_VIRTIO_FS"):
         assert opts[needed] == "y", needed
+    assert "m" not in opts.values(), "the guest loads no modules: everything is built in"
     assert opts["CONFIG_RTC_CLASS"] == "n"
     assert "CONFIG_MODULES" not in opts or opts["CONFIG_MODULES"] == "n"

@@ -18,12 +18,12 @@ from tests.fakes import MY_PID, MY_START, FakeHost, Injected
 
 HOOK = {"path": "/bin/true"}
 # The steps of a sandbox's create, in order, and what undoes each.
-STEPS = ["pin_netns", "start_shim", "hook:prestart", "hook:createRuntime", "connect_network", "launch_vm",
+STEPS = ["make_cgroup", "pin_netns", "start_shim", "hook:prestart", "hook:createRuntime", "connect_network", "launch_vm",
          "wait_ready", "share", "send"]
-UNDO = {"pin_netns": "release_netns", "start_shim": None, "connect_network": "disconnect_network",
+UNDO = {"make_cgroup": "remove_cgroup", "pin_netns": "release_netns", "start_shim": None, "connect_network": "disconnect_network",
         "launch_vm": "stop_vm", "share": "unshare"}
 # Steps that may fail half-way: their undo runs even when they are the one that fails.
-HALF_DONE = {"share"}
+HALF_DONE = {"connect_network", "share"}
 
 
 @pytest.fixture
@@ -122,3 +122,50 @@ def test_create_then_delete_leaves_nothing(store, bundle):
     assert host.vms == {} and host.networks == {} and host.shares == set()
     assert host.hooks == ["prestart", "createRuntime", "poststart", "poststop"]
     assert not os.path.exists(store.dir("c1"))
+
+
+def test_the_vm_and_its_shims_start_in_its_host_cgroup(store, bundle, tmp_path):
+    """QEMU's monitor and every shim (init, exec, a pod container's) start in the owning container's
+    cgroup, made with its limits; update changes it; delete removes it."""
+    from pellucid.runtime import exec as exec_mod
+    from pellucid.runtime import lifecycle
+    config = json.loads(open(os.path.join(bundle, "config.json")).read())
+    config["linux"]["cgroupsPath"] = "/docker/c1"
+    config["linux"]["resources"] = {"memory": {"limit": 64 << 20}}
+    open(os.path.join(bundle, "config.json"), "w").write(json.dumps(config))
+    host = FakeHost()
+    create(store, CFG, "c1", bundle, host=host)
+    dirs = ["/fake-cgroup/docker/c1"]
+    assert host.cgroups == {"/docker/c1": {"memory": {"limit": 64 << 20}}}
+    assert store.load("c1").cgroup.memory_overhead == (CFG.hypervisor.memory_mib + CFG.overhead.memory_mib) << 20
+    exec_mod.exec_process(store, "c1", {"args": ["true"], "cwd": "/"}, host=host)
+    assert host.joined == [("shim", dirs), ("monitor", dirs), ("shim", dirs)]
+    lifecycle.update(store, "c1", {"memory": {"limit": 32 << 20}}, host=host)
+    assert host.cgroup_updates == [(dirs[0], {"memory": {"limit": 32 << 20}})]
+    lifecycle.delete(store, "c1", force=True, host=host)
+    assert host.cgroups == {} and host.calls.index("remove_cgroup") > host.calls.index("stop_vm")
+
+
+def test_systemd_cgroup_path_is_converted(store, bundle):
+    config = json.loads(open(os.path.join(bundle, "config.json")).read())
+    config["linux"]["cgroupsPath"] = "system.slice:docker:c1"
+    open(os.path.join(bundle, "config.json"), "w").write(json.dumps(config))
+    host = FakeHost()
+    create(store, CFG, "c1", bundle, systemd_cgroup=True, host=host)
+    assert list(host.cgroups) == ["/system.slice/docker-c1.scope"]
+
+
+def test_a_pod_container_shim_joins_the_sandbox_cgroup(store, bundle, tmp_path):
+    host = FakeHost()
+    create(store, CFG, "pod", bundle, host=host)
+    config = json.loads(open(os.path.join(bundle, "config.json")).read())
+    config["annotations"] = {"io.kubernetes.cri.container-type": "container",
+                             "io.kubernetes.cri.sandbox-id": "pod"}
+    other = tmp_path / "b2"
+    (other / "rootfs").mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps(config))
+    create(store, CFG, "c2", str(other), host=host)
+    assert host.joined[-1] == ("shim", store.load("pod").cgroup.dirs) and len(host.cgroups) == 1
+    from pellucid.runtime import lifecycle
+    lifecycle.delete(store, "c2", force=True, host=host)
+    assert len(host.cgroups) == 1, "a pod container's delete removed its sandbox's cgroup"

@@ -63,8 +63,34 @@ def test_read_only_binds_are_read_only_on_the_host_too():
     assert [b.readonly for b in binds if b.source == "/srv"] == [True]
 
 
+def test_user_namespace_and_its_mappings_go_to_the_guest():
+    config = docker_config()
+    config["linux"]["namespaces"].append({"type": "user"})
+    config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    guest, _ = translate(config, "/b", "cid", "sandbox")
+    assert {"type": "user"} in guest["linux"]["namespaces"]
+    assert guest["linux"]["uidMappings"] == config["linux"]["uidMappings"]
+    assert guest["linux"]["gidMappings"] == config["linux"]["gidMappings"]
+
+
+def test_binds_of_one_source_are_peers_in_the_guest():
+    """One 9p path per source, and a later shared bind binds the first: a mount under one shows at the other."""
+    config = docker_config()
+    config["mounts"] += [{"destination": d, "type": "bind", "source": "/srv", "options": ["rbind", "rshared"]}
+                         for d in ("/a", "/b")]
+    config["mounts"].append({"destination": "/c", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]})
+    guest, binds = translate(config, "/b", "cid", "sandbox")
+    by_dest = {m["destination"]: m for m in guest["mounts"]}
+    assert by_dest["/a"]["source"].startswith("/run/pellucid/shared/sandbox/cid/mounts/")
+    assert by_dest["/b"]["source"] == "/run/pellucid/shared/sandbox/cid/rootfs/a", "a peer of /a"
+    assert by_dest["/c"]["source"] != by_dest["/a"]["source"]
+    assert by_dest["/a"]["options"] == ["rbind", "rshared"]
+    assert [(b.readonly) for b in binds if b.source == "/srv"] == [False, True]
+
+
 @pytest.mark.parametrize("namespaces, message", [
-    ([{"type": "user"}], "user namespaces are not supported"),
+    ([{"type": "time"}], "time namespaces are not supported"),
     ([{"type": "ipc", "path": "/proc/1/ns/ipc"}], "host namespace"),
 ])
 def test_namespaces_a_vm_cannot_give(namespaces, message):
@@ -182,3 +208,12 @@ def test_an_exec_process_is_normalised_too():
 def test_every_addition_is_decided():
     assert {action for _, _, action, _ in SPEC_ADDITIONS} == {PASS, DROP, REFUSE}
     assert all(reason for *_, reason in SPEC_ADDITIONS)
+
+
+def test_cpuset_is_the_host_cgroup_s_not_the_guest_s():
+    """Host CPU numbers written in the guest fail with ERANGE: the VM's host cgroup takes them."""
+    from pellucid.runtime.guest_config import resources_for_guest
+    resources = {"cpu": {"cpus": "3", "mems": "0", "shares": 512}, "memory": {"limit": 1 << 26},
+                 "blockIO": {"weight": 10}}
+    assert resources_for_guest(resources) == {"cpu": {"shares": 512}, "memory": {"limit": 1 << 26}}
+    assert resources["cpu"]["cpus"] == "3", "the caller's resources are not changed"

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from pellucid.errors import ContainerError, NotFound
+from pellucid.errors import AgentError, ContainerError, NotFound, VMError
 from pellucid.host_messages import Network, Nic, VMInfo
 from pellucid.runtime import lifecycle
 from pellucid.runtime.exec import exec_process
@@ -160,6 +160,44 @@ def test_kill_sends_the_signal_to_the_init_process(store):
     assert host.agent_calls == [("signal_process", {"process": 7, "signal": 9, "all": True})]
     with pytest.raises(ContainerError, match="invalid signal"):
         lifecycle.kill(store, "c1", "SIGNOPE", host=host)
+
+
+def _unanswered(signal_op: str):
+    def call(op: str) -> None:
+        if op == signal_op:
+            raise VMError("the agent did not answer 'signal_process' within 5s")
+    return call
+
+
+def test_an_unconfirmed_sigkill_stops_the_vm_from_the_host(store):
+    host = FakeHost(on_agent_call=_unanswered("signal_process"))
+    st = make(store, host, Status.RUNNING)
+    lifecycle.kill(store, "c1", "KILL", host=host)
+    assert host.forced_vm_stops == [vm_dir_of(store, st)] and not host.vms
+    assert host.stopped_shims == [(MY_PID, MY_START)]
+
+
+def test_other_signals_and_a_refused_sigkill_do_not_stop_the_vm(store):
+    host = FakeHost(on_agent_call=_unanswered("signal_process"))
+    make(store, host, Status.RUNNING)
+    with pytest.raises(VMError):
+        lifecycle.kill(store, "c1", "TERM", host=host)
+
+    def refuse(op: str) -> None:
+        raise AgentError("not_found", "no such process")
+    host.on_agent_call = refuse
+    with pytest.raises(AgentError):
+        lifecycle.kill(store, "c1", "KILL", host=host)
+    assert host.forced_vm_stops == [] and host.vms and not host.stopped_shims
+
+
+def test_an_unconfirmed_sigkill_in_a_pod_stops_the_pods_vm(store):
+    host = FakeHost(on_agent_call=_unanswered("signal_process"))
+    pod = make(store, host, Status.RUNNING, id="pod")
+    with store.create("c1", bundle="/nonexistent", kind="container", sandbox="pod") as st:
+        st.pid, st.pid_start, st.started, st.process = MY_PID, MY_START, True, 8
+    lifecycle.kill(store, "c1", "SIGKILL", host=host)
+    assert host.forced_vm_stops == [vm_dir_of(store, pod)] and not host.vms
 
 
 def test_update_is_refused_beyond_the_vm_size(store):

@@ -15,12 +15,15 @@ ADDRESS4 = messages.Address(family=4, address="10.0.0.2", prefixlen=24)
 ADDRESS6 = messages.Address(family=6, address="fd00::2", prefixlen=64)
 NIC = messages.Nic(name="eth0", mac="02:42:ac:11:00:02", mtu=1500, addresses=[ADDRESS4, ADDRESS6])
 ROUTE = messages.Route(family=4, dst="", dst_len=0, gateway="10.0.0.1", device="eth0", scope=0)
+NIC_SLOT = messages.NicSlot(slot_mac="02:70:6c:74:00:00", mac="02:42:ac:11:00:02")
 PS_ENTRY = messages.PsEntry(pid=1, ppid=0, uid=0, state="S", utime=1, stime=2, start=3, cmd="sleep 9")
 
 # One of each record, every field set (optional ones too).
 SAMPLES = [
-    messages.Hello(version=1, time_ns=1_700_000_000_000_000_000),
+    messages.Hello(version=1, time_ns=1_700_000_000_000_000_000, template=True),
     messages.HelloResult(version=1, kernel="6.6.0", boot_id="b" * 36, rootfs_dax=True, init_ms=80, uptime_ms=90),
+    NIC_SLOT,
+    messages.CloneResumed(entropy=bytes(range(64)), time_ns=1_700_000_000_000_000_000, nics=[NIC_SLOT]),
     messages.Ping(),
     messages.PingResult(uptime_ms=5),
     messages.MountShare(tag=messages.SHARE_TAG),
@@ -46,14 +49,17 @@ SAMPLES = [
     messages.PsResult([PS_ENTRY]),
     messages.Stats(id="c1"),
     messages.StatsResult(cpu_total=1000, cpu_user=600, cpu_kernel=400, memory_usage=1 << 20, memory_limit=0,
-                         memory_cache=4096, memory_raw={"file": 4096, "anon": 8192}, pids_current=2),
+                         memory_cache=4096, memory_raw={"file": 4096, "anon": 8192}, pids_current=2,
+                         memory_max=2 << 20, memory_failcnt=3, pids_limit=20, cpu_periods=10, cpu_throttled_periods=4,
+                         cpu_throttled_time=5000, network=[messages.InterfaceStats("eth0", rx_bytes=100, tx_packets=2)]),
+    messages.InterfaceStats("eth0", rx_bytes=100),
     messages.Shutdown(),
     messages.Exit(process=3, container="c1", status=137),
     messages.DnsQuery(query=7, data=b"\x12\x34query"),
     messages.Error(kind=messages.ERR_NOT_FOUND, message="no process 9"),
 ]
 # Records that are laid out on the wire as their fields, one JSON key each.
-FLAT = [s for s in SAMPLES if not isinstance(s, (messages.PsResult, messages.StatsResult))]
+FLAT = [s for s in SAMPLES if not isinstance(s, (messages.PsResult, messages.StatsResult, messages.InterfaceStats))]
 
 
 def test_every_record_has_a_sample():
@@ -97,7 +103,7 @@ def test_responses_round_trip_through_frames():
 
 
 def test_op_and_event_names_are_unique_and_complete():
-    assert len(messages.REQUESTS) == len({c.OP for c in messages.REQUESTS.values()}) == 18
+    assert len(messages.REQUESTS) == len({c.OP for c in messages.REQUESTS.values()}) == 19
     assert all(op and messages.REQUESTS[op].OP == op for op in messages.REQUESTS)
     assert set(messages.EVENTS) == {"exit", "dns_query"}
 
@@ -113,7 +119,8 @@ def bad_values(f: messages.Field):
     if isinstance(f, messages.Str):
         return [1, ["x"], "x" * (f.max_len + 1)]
     if isinstance(f, messages.Bytes):
-        return [1, "not base64!", "QU=D", "QUJ", "A" * ((f.max_len + 2) // 3 * 4 + 4)]
+        too_short = [messages.Bytes(f.max_len).dump(b"x" * (f.min_len - 1))] if f.min_len else []
+        return [1, "not base64!", "QU=D", "QUJ", "A" * ((f.max_len + 2) // 3 * 4 + 4), *too_short]
     if isinstance(f, messages.Obj):
         return [[], "x", {str(i): i for i in range(4097)}]
     if isinstance(f, messages.StrMap):
@@ -201,6 +208,39 @@ def test_routes_are_checked_against_their_family(change):
 def test_mac_syntax(mac):
     with pytest.raises(ProtocolError, match="MAC"):
         messages.Nic.from_json({"name": "eth0", "mac": mac})
+    for field in ("slot_mac", "mac"):
+        with pytest.raises(ProtocolError, match="MAC"):
+            messages.NicSlot.from_json({**NIC_SLOT.to_json(), field: mac})
+
+
+def test_a_clone_gets_at_most_one_nic_per_slot():
+    other = messages.NicSlot(slot_mac=NIC_SLOT.slot_mac.upper(), mac="02:42:ac:11:00:03")
+    with pytest.raises(ProtocolError, match="same slot"):
+        messages.CloneResumed.from_json(messages.CloneResumed(b"e" * 32, 1, [NIC_SLOT, other]).to_json())
+
+
+def test_entropy_is_bounded_in_bytes():
+    for n in (messages.MIN_ENTROPY, messages.MAX_ENTROPY):
+        assert messages.CloneResumed.from_json(messages.CloneResumed(b"e" * n, 1).to_json()).entropy == b"e" * n
+    for n in (0, messages.MIN_ENTROPY - 1, messages.MAX_ENTROPY + 1):
+        with pytest.raises(ProtocolError):
+            messages.CloneResumed.from_json(messages.CloneResumed(b"e" * n, 1).to_json())
+
+
+def test_only_a_templates_hello_is_answered_without_a_boot_id():
+    """A template never reads its boot id (each clone reads its own); any other hello's answer must
+    carry one, and a template's must not: the host checks the answer against its request."""
+    answer = next(s for s in SAMPLES if isinstance(s, messages.HelloResult)).to_json()
+    without = {**answer, "boot_id": ""}
+    assert messages.Hello(1).read_result(answer).boot_id == answer["boot_id"]
+    assert messages.Hello(1, template=True).read_result(without).boot_id == ""
+    assert messages.CloneResumed(b"e" * 32, 1).read_result(answer).boot_id == answer["boot_id"]
+    for request, bad in ((messages.Hello(1), without), (messages.Hello(1, template=True), answer),
+                         (messages.CloneResumed(b"e" * 32, 1), without)):
+        with pytest.raises(ProtocolError, match="boot id"):
+            request.read_result(bad)
+    with pytest.raises(ProtocolError, match="boot id"):
+        messages.HelloResult.from_json({**answer, "boot_id": "../x"})
 
 
 def test_network_routes_name_a_configured_interface_and_names_are_unique():
@@ -229,12 +269,19 @@ def test_ps_result_is_a_list_on_the_wire_and_every_entry_is_checked():
 def test_stats_result_keeps_runc_layout_and_checks_every_counter():
     stats = next(s for s in SAMPLES if isinstance(s, messages.StatsResult))
     wire = stats.to_json()
-    assert wire == {"cpu": {"usage": {"total": 1000, "user": 600, "kernel": 400}},
-                    "memory": {"usage": {"usage": 1 << 20, "limit": 0}, "cache": 4096,
+    assert wire == {"cpu": {"usage": {"total": 1000, "user": 600, "kernel": 400},
+                            "throttling": {"periods": 10, "throttled_periods": 4, "throttled_time": 5000}},
+                    "memory": {"usage": {"usage": 1 << 20, "max": 2 << 20, "failcnt": 3, "limit": 0}, "cache": 4096,
                                "raw": {"file": 4096, "anon": 8192}},
-                    "pids": {"current": 2}}
+                    "pids": {"current": 2, "limit": 20},
+                    "network_interfaces": [{"name": "eth0", "rx_bytes": 100, "rx_packets": 0, "rx_errors": 0,
+                                            "rx_dropped": 0, "tx_bytes": 0, "tx_packets": 2, "tx_errors": 0,
+                                            "tx_dropped": 0}]}
+    assert messages.StatsResult.from_json(wire) == stats
     for path, value in ((("cpu", "usage", "total"), -1), (("memory", "usage", "limit"), "max"),
-                        (("pids", "current"), None), (("memory", "raw"), {"file": -1}), (("cpu",), [])):
+                        (("pids", "current"), None), (("memory", "raw"), {"file": -1}), (("cpu",), []),
+                        (("network_interfaces",), [{"name": "eth0", "rx_bytes": -1}]),
+                        (("network_interfaces",), [{"name": "x" * 65}]), (("pids", "limit"), "max")):
         bad = copy.deepcopy(wire)
         node = bad
         for key in path[:-1]:
@@ -252,8 +299,8 @@ def test_bytes_fields_bound_the_decoded_size():
 
 
 def test_read_request_and_read_event():
-    assert messages.read_request({"op": "ping"}) == ("ping", {})
-    for bad in ({}, {"op": 1}, {"op": "x" * 65}, {"op": "ping", "args": []}):
+    assert messages.read_request({"op": messages.Ping.OP}) == (messages.Ping.OP, {})
+    for bad in ({}, {"op": 1}, {"op": "x" * 65}, {"op": messages.Ping.OP, "args": []}):
         with pytest.raises(ProtocolError):
             messages.read_request(bad)
     for bad in ({}, {"event": "nope"}, {"event": 3}, {"event": "exit", "process": 1}):

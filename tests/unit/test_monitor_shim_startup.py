@@ -101,36 +101,84 @@ def test_shim_checks_its_request(tmp_path):
     assert b"missing field 'args'" in line and b'"ok":false' in line
 
 
-def test_monitor_boot_hands_the_description_to_qemu_and_the_agent(tmp_path, monkeypatch):
-    """vm.json -> QEMU's spec (size, shares, NICs) and the agent's mount_share and configure_network;
-    the VM's info as the ready line carries it."""
+@pytest.fixture
+def boot_fake(tmp_path, monkeypatch):
+    """boot_fake(templates, clone) -> (monitor, the VMs made): the monitor boots vm.json's VM (2 vCPUs,
+    384 MiB, a share, a NIC) on fake VMs; ``clone`` stands for pellucid.vm.cloning.start."""
     from pellucid import monitor as monitor_mod
     from pellucid.host_messages import Address, Network, Share
     from pellucid.vm.assets import Assets
     from tests.fakes import FakeVM
-    config = tmp_path / "pellucid.toml"
-    config.write_text('[hypervisor]\naccelerator = "tcg"\nmachine = "q35"\n')
     monkeypatch.setattr(monitor_mod, "resolve", lambda cfg: Assets("/k", "/i", 1 << 20, "6.1", "k", "i"))
     vms: list[FakeVM] = []
     monkeypatch.setattr(monitor_mod, "VM", lambda spec, workdir: vms.append(FakeVM(spec, workdir)) or vms[-1])
     nic = Nic(name="eth0", index=2, mac="02:42:a9:fe:4d:02", mtu=1450, tap="pltap0",
               addresses=[Address(family=4, address="169.254.77.2", prefixlen=24)])
-    desc = VMDescription(id="c1", config=str(config), vcpus=2, memory_mib=384, shares=[Share(tag="sandbox", path="/s")],
-                         network=Network(nics=[nic], dns_relay=True))
-    (tmp_path / "vm.json").write_text(desc.to_json())
-    monitor = Monitor(str(tmp_path))
-    monitor.boot()
+
+    def boot(templates: bool, clone=None) -> tuple[Monitor, list[FakeVM]]:
+        config = tmp_path / "pellucid.toml"
+        config.write_text(f'[hypervisor]\naccelerator = "tcg"\nmachine = "q35"\ntemplates = {str(templates).lower()}\n'
+                          f'template_dir = "{tmp_path}/templates"\n')
+        if clone is not None:
+            monkeypatch.setattr(monitor_mod.cloning, "start", lambda cfg, spec, workdir: clone(spec, workdir, vms))
+        desc = VMDescription(id="c1", config=str(config), vcpus=2, memory_mib=384,
+                             shares=[Share(tag="sandbox", path="/s")], network=Network(nics=[nic], dns_relay=True))
+        (tmp_path / "vm.json").write_text(desc.to_json())
+        monitor = Monitor(str(tmp_path))
+        monitor.boot()
+        return monitor, vms
+
+    boot.nic = nic
+    return boot
+
+
+def test_monitor_boot_hands_the_description_to_qemu_and_the_agent(boot_fake):
+    """vm.json -> QEMU's spec (size, shares, NICs) and the agent's mount_share and configure_network;
+    the VM's info as the ready line carries it."""
+    monitor, vms = boot_fake(templates=False)
     spec = vms[0].spec
     assert (spec.vcpus, spec.memory_mib, spec.name) == (2, 384, "pellucid-c1")
     # The volumes: the same directory by a second device, mounted without the rootfs's cache.
     assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s"), ("volumes", "/s")]
     assert [(n.tap, n.mac, n.mtu) for n in spec.nics] == [("pltap0", "02:42:a9:fe:4d:02", 1450)]
     assert vms[0].agent_calls == [
-        ("mount_share", {"tag": "sandbox", "cache": "loose", "msize": 512000}),
-        ("mount_share", {"tag": "volumes", "cache": "mmap", "msize": 512000}),
-        ("configure_network", {"nics": [nic.for_guest()], "routes": [], "dns_relay": True})]
+        (messages.MountShare.OP, {"tag": "sandbox", "cache": "loose", "msize": 512000}),
+        (messages.MountShare.OP, {"tag": "volumes", "cache": "mmap", "msize": 512000}),
+        (messages.ConfigureNetwork.OP, {"nics": [boot_fake.nic.for_guest()], "routes": [], "dns_relay": True})]
     info = monitor.info
     assert (info.accelerator, info.vcpus, info.memory_mib, info.guest_kernel, info.boot_ms) == ("tcg", 2, 384,
                                                                                                 "6.1.0-fake", 3)
-    assert (info.share_cache, info.volume_cache) == ("loose", "mmap")
+    assert (info.template, info.share_cache, info.volume_cache) == ("", "loose", "mmap")
     assert MonitorReady.from_json(MonitorReady(ok=True, info=info).to_json()).info == info
+
+
+def test_monitor_boot_starts_a_clone_at_its_size_class_then_mounts_and_configures(boot_fake):
+    """With templates on, the VM is the clone cloning.start made (at the class size); the share is
+    mounted and the network configured in the clone, as after a cold boot."""
+    from dataclasses import replace
+
+    from tests.fakes import FakeVM
+
+    def clone(spec, workdir, vms):
+        vm = FakeVM(replace(spec, memory_mib=512), workdir)
+        vms.append(vm)
+        vm.start()
+        vm.handshake(1)
+        return vm, "key1"
+
+    monitor, vms = boot_fake(templates=True, clone=clone)
+    assert len(vms) == 1 and vms[0].spec.nics[0].tap == "pltap0"
+    assert [op for op, _ in vms[0].agent_calls] == [messages.MountShare.OP] * 2 + [messages.ConfigureNetwork.OP]
+    assert (monitor.info.template, monitor.info.vcpus, monitor.info.memory_mib) == ("key1", 2, 512)
+
+
+def test_monitor_boots_cold_when_the_vm_cannot_be_a_clone_and_says_why(boot_fake, capsys):
+    from pellucid.vm.template import TemplateError
+
+    def clone(spec, workdir, vms):
+        raise TemplateError("the template's build failed (1): no space")
+
+    monitor, vms = boot_fake(templates=True, clone=clone)
+    assert len(vms) == 1 and (vms[0].spec.memory_mib, monitor.info.template) == (384, "")
+    assert [op for op, _ in vms[0].agent_calls] == [messages.MountShare.OP] * 2 + [messages.ConfigureNetwork.OP]
+    assert "booting cold, not as a clone: the template's build failed (1): no space" in capsys.readouterr().err

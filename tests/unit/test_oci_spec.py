@@ -46,10 +46,10 @@ def test_features():
     assert doc["hooks"] == list(bundle.HOOK_STAGES)
     assert {"bind", "rbind", "ro", "nosuid", "tmpcopyup"} <= set(doc["mountOptions"])
     linux = doc["linux"]
-    assert linux["namespaces"] == ["cgroup", "ipc", "mount", "network", "pid", "uts"]
+    assert linux["namespaces"] == ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"]
     assert len(linux["capabilities"]) == 41
     assert linux["capabilities"][0] == "CAP_CHOWN" and linux["capabilities"][-1] == "CAP_CHECKPOINT_RESTORE"
-    assert linux["cgroup"] == {"v1": False, "v2": True, "systemd": False, "systemdUser": False}
+    assert linux["cgroup"] == {"v1": True, "v2": True, "systemd": False, "systemdUser": False}
     assert linux["seccomp"]["enabled"] is True and "SCMP_ARCH_X86_64" in linux["seccomp"]["archs"]
     assert linux["apparmor"] == {"enabled": False} and linux["selinux"] == {"enabled": False}
     assert doc["annotations"] == {"org.opencontainers.runc.checkpoint.enabled": "false",

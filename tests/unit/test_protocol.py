@@ -14,13 +14,13 @@ def frames(data: bytes, reader=None):
 
 
 def test_round_trip_of_every_kind():
-    data = (protocol.request(7, "ping", {"a": 1}) + protocol.response_ok(7, {"x": [1, 2]})
+    data = (protocol.request(7, "an_op", {"a": 1}) + protocol.response_ok(7, {"x": [1, 2]})
             + protocol.response_error(8, "invalid", "bad") + protocol.event("exit", status=3)
             + protocol.stream(protocol.stream_id(5, protocol.STDOUT), b"\x00\xffbytes"))
     got = frames(data)
     assert [f.kind for f in got] == [protocol.REQUEST, protocol.RESPONSE, protocol.RESPONSE, protocol.EVENT,
                                      protocol.STREAM]
-    assert got[0].json() == {"op": "ping", "args": {"a": 1}} and got[0].id == 7
+    assert got[0].json() == {"op": "an_op", "args": {"a": 1}} and got[0].id == 7
     assert got[1].json() == {"ok": True, "result": {"x": [1, 2]}}
     assert got[2].json()["error"] == {"kind": "invalid", "message": "bad"}
     assert got[3].json() == {"event": "exit", "status": 3} and got[3].id == 0
@@ -44,11 +44,11 @@ def test_empty_stream_frame_means_eof():
 
 
 @pytest.mark.parametrize("header, message", [
-    (struct.pack("!2sBBII", b"XX", 1, 1, 0, 0), "magic"),
-    (struct.pack("!2sBBII", b"PL", 2, 1, 0, 0), "version"),
-    (struct.pack("!2sBBII", b"PL", 1, 9, 0, 0), "kind"),
-    (struct.pack("!2sBBII", b"PL", 1, 1, 0, protocol.MAX_PAYLOAD + 1), "exceeds"),
-    (struct.pack("!2sBBII", b"PL", 1, 4, 0, 0xFFFFFFFF), "exceeds"),
+    (struct.pack("!2sBBII", b"XX", protocol.VERSION, 1, 0, 0), "magic"),
+    (struct.pack("!2sBBII", b"PL", protocol.VERSION - 1, 1, 0, 0), "version"),
+    (struct.pack("!2sBBII", b"PL", protocol.VERSION, 9, 0, 0), "kind"),
+    (struct.pack("!2sBBII", b"PL", protocol.VERSION, 1, 0, protocol.MAX_PAYLOAD + 1), "exceeds"),
+    (struct.pack("!2sBBII", b"PL", protocol.VERSION, 4, 0, 0xFFFFFFFF), "exceeds"),
 ])
 def test_malformed_headers_are_rejected_before_any_payload(header, message):
     with pytest.raises(protocol.ProtocolError, match=message):
@@ -76,6 +76,32 @@ def test_stream_frames_carry_no_json():
     (f,) = frames(protocol.stream(1, b"{}"))
     with pytest.raises(protocol.ProtocolError):
         f.json()
+
+
+def test_credit_frames_round_trip_and_are_bounded_by_the_window():
+    sid = protocol.stream_id(3, protocol.STDOUT)
+    (f,) = frames(protocol.credit(sid, 4096))
+    assert f.kind == protocol.CREDIT and f.id == sid and protocol.parse_credit(f) == 4096
+    for bad in (protocol.credit(sid, 0), protocol.credit(sid, protocol.STREAM_WINDOW + 1),
+                protocol.encode(protocol.CREDIT, sid, b"\0\0\1")):
+        (f,) = frames(bad)
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse_credit(f)
+
+
+def test_a_window_is_spent_by_sending_and_refilled_only_by_what_was_consumed():
+    window = protocol.Window()
+    window.take(protocol.STREAM_WINDOW - 10)
+    window.take(10)
+    assert window.available == 0
+    with pytest.raises(protocol.ProtocolError, match="credit"):
+        window.take(1)
+    window.grant(100)
+    window.take(0)  # an EOF frame costs nothing
+    assert window.available == 100
+    window.grant(protocol.STREAM_WINDOW - 100)
+    with pytest.raises(protocol.ProtocolError, match="beyond"):
+        window.grant(1)
 
 
 def test_stream_id_validation():

@@ -114,3 +114,26 @@ def test_microvm_under_tcg_is_told_the_tsc_frequency(monkeypatch):
     for machine, accel in (("q35", "tcg"), ("microvm", "kvm")):
         other = spec_mod.make_spec(config.parse(f'[hypervisor]\nmachine = "{machine}"\n'), assets, accel)
         assert "tsc_early_khz" not in kernel_cmdline(other)
+
+
+def test_ram_in_a_file_shared_for_a_template_private_for_a_clone():
+    for machine, accel in (("q35", "tcg"), ("q35", "kvm"), ("microvm", "tcg"), ("microvm", "kvm")):
+        template = build_argv(spec(machine=machine, accelerator=accel, ram_file="/t/ram", memory_mib=512))
+        clone = build_argv(spec(machine=machine, accelerator=accel, ram_file="/t/ram", memory_mib=512,
+                                ram_shared=False, incoming=True))
+        assert "memory-backend-file,id=ram0,mem-path=/t/ram,size=512M,share=on" in pairs(template, "-object")
+        assert "memory-backend-file,id=ram0,mem-path=/t/ram,size=512M,share=off" in pairs(clone, "-object")
+        assert pairs(template, "-machine")[0].startswith(f"{machine},accel={accel},")
+        assert pairs(template, "-machine")[0].endswith(",memory-backend=ram0")
+        assert "-S" not in template and "-incoming" not in template
+        assert clone[-3:] == ["-S", "-incoming", "defer"]
+        # Nothing that discards RAM (it would punch holes in the template's file).
+        assert not [a for a in clone if "balloon" in a or "virtio-mem" in a]
+    assert not [a for a in build_argv(spec()) if "memory-backend=" in a or "ram0" in a]
+
+
+def test_a_nic_without_backend_is_connected_to_nothing():
+    argv = build_argv(spec(nics=(Nic(mac="02:70:6c:74:00:00"), Nic(mac="02:70:6c:74:00:01", tap="t1"))))
+    assert pairs(argv, "-netdev") == ["tap,id=net1,ifname=t1,script=no,downscript=no,vhost=off"]
+    assert pairs(argv, "-device")[-2:] == ["virtio-net-pci,mac=02:70:6c:74:00:00,host_mtu=1500",
+                                           "virtio-net-pci,netdev=net1,mac=02:70:6c:74:00:01,host_mtu=1500"]

@@ -62,7 +62,8 @@ def test_create_load_save_round_trip(store):
     store.save(got)
     assert store.load("c1") == got
     assert sorted(os.listdir(store.dir("c1"))) == ["lock", "state.json"]  # no temp file left
-    assert os.stat(store.root).st_mode & 0o777 == 0o711
+    assert os.stat(store.root).st_mode & 0o7777 == 0o700  # others cannot reach the containers' files
+    assert os.stat(store.dir("c1")).st_mode & 0o7777 == 0o700
     assert ContainerState.from_dict(json.loads(json.dumps(got.to_dict()))) == got
 
 
@@ -469,3 +470,32 @@ def test_remove_never_deletes_through_a_mount(tmp_path):
     assert (precious / "file").read_text() == "keep"
     store.remove("c1")
     assert not (tmp_path / "root" / "c1").exists()
+
+
+def test_an_older_roots_mode_is_tightened(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir(mode=0o711)
+    os.chmod(root, 0o711)
+    store = Store(str(root))
+    with store.create("c1", bundle="/b", rootfs="/b/rootfs"):
+        pass
+    assert os.stat(root).st_mode & 0o7777 == 0o700
+
+
+def test_delete_force_removes_what_a_create_killed_before_its_first_save_left(tmp_path):
+    from pellucid.runtime import lifecycle
+    from tests.fakes import FakeHost
+    store = Store(str(tmp_path / "root"))
+    os.makedirs(store.dir("half"), 0o700)
+    open(os.path.join(store.dir("half"), "lock"), "w").close()
+    import fcntl
+    held = os.open(os.path.join(store.dir("half"), "lock"), os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # its create still runs: left alone
+    assert not store.remove_abandoned("half") and os.path.isdir(store.dir("half"))
+    os.close(held)  # the create was killed
+    lifecycle.delete(store, "half", force=True, host=FakeHost())
+    assert not os.path.exists(store.dir("half"))
+    os.makedirs(store.dir("young"), 0o700)  # no lock file yet: a create just begun
+    assert not store.remove_abandoned("young") and os.path.isdir(store.dir("young"))
+    os.utime(store.dir("young"), (0, 0))
+    assert store.remove_abandoned("young") and not os.path.exists(store.dir("young"))
