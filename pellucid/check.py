@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import messages
+from .build import cache
 from .config import Config
 from .errors import PellucidError
 from .vm import accel
@@ -44,6 +45,9 @@ class Report:
         return {"ok": self.ok, **self.boot,
                 "checks": [{"name": i.name, "ok": i.ok, "required": i.required, "detail": i.detail}
                            for i in self.items]}
+
+
+LOOSE_WRITE_THROUGH = "9p-loose-write-through.patch"  # in pellucid/build/kernel-patches
 
 
 def _read(path: str) -> str:
@@ -135,6 +139,11 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
                                        f"volumes cache={fs.volume_cache}"
                                        + (" (a second device)" if fs.volume_tag != share.tag else "")
                                        + ": a share mounted so in the guest")
+        if "loose" in (fs.cache, fs.volume_cache):
+            patched = LOOSE_WRITE_THROUGH in cache.manifest_of(assets.kernel).get("patches", [])
+            report.add("9p writes", patched, "cache=loose writes through (the guest kernel has " + LOOSE_WRITE_THROUGH
+                       + ")" if patched else "the guest kernel lacks " + LOOSE_WRITE_THROUGH + ": with cache=loose, "
+                       "writes reach the host late, a page per request", required=False)
         if cfg.hypervisor.machine == "q35":
             report.add("dax", hello.rootfs_dax, "guest root mounted with DAX" if hello.rootfs_dax
                        else "guest root is not DAX-mounted")
