@@ -57,9 +57,9 @@ class NetworkConfig:
 class FilesystemConfig:
     """How the container's rootfs and volumes reach the VM (9p; see the README's "Files" section)."""
 
-    #: the guest's 9p cache for the container's rootfs: "loose" (cached; written back at each exit and
-    #: pause, dropped before each exec), "mmap" (nothing cached but mmap'ed pages: every access asks
-    #: the host) or "none"
+    #: the guest's 9p cache for the container's rootfs: "loose" (pages, names and attributes read are
+    #: cached and dropped before each exec; writes go through, with pellucid's kernel patch), "mmap"
+    #: (nothing cached but mmap'ed pages: every access asks the host) or "none"
     cache: str = "loose"
     #: the same for bind-mounted volumes, which the host and other containers change at any time
     volume_cache: str = "mmap"
