@@ -9,6 +9,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import messages
+from .build import cache
 from .config import Config
 from .errors import PellucidError
 from .kernfs import read_value
@@ -16,6 +18,7 @@ from .vm import accel
 from .vm import file_view, qemu_fixes
 from .vm.assets import resolve
 from .vm.machine import VM
+from .vm.qemu_args import FSDEV_OPTIONS, Share
 from .vm.spec import make_spec
 
 
@@ -44,6 +47,9 @@ class Report:
         return {"ok": self.ok, **self.boot,
                 "checks": [{"name": i.name, "ok": i.ok, "required": i.required, "detail": i.detail}
                            for i in self.items]}
+
+
+LOOSE_WRITE_THROUGH = "9p-loose-write-through.patch"  # in pellucid/build/kernel-patches
 
 
 def host_checks(cfg: Config, report: Report) -> bool:
@@ -109,9 +115,14 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
     os.makedirs(run_dir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="check-", dir=run_dir)
     try:
-        with VM(make_spec(cfg, assets, accelerator, name="pellucid-check"), workdir) as vm:
+        share_dir = os.path.join(workdir, "share")
+        os.makedirs(share_dir)
+        share = Share(messages.SHARE_TAG, share_dir)
+        with VM(make_spec(cfg, assets, accelerator, name="pellucid-check", shares=(share,)), workdir) as vm:
             hello = vm.handshake(cfg.hypervisor.boot_timeout)
-            assert vm.timeline is not None
+            assert vm.timeline is not None and vm.agent is not None
+            fs = cfg.filesystem
+            vm.agent.call(messages.MountShare(share.tag, fs.cache, fs.msize), timeout=cfg.hypervisor.boot_timeout)
             report.boot = {
                 "accelerator": accelerator,
                 "accelerator_forced": probe is None,
@@ -127,6 +138,15 @@ def check(cfg: Config, run_dir: str, refresh: bool = True) -> Report:
             }
         report.add("boot", True, f"guest {hello.kernel} answered under {accelerator} "
                                  f"in {report.boot['boot_ms']} ms")
+        report.add("filesystem", True, f"9p ({FSDEV_OPTIONS}), msize={fs.msize}; rootfs cache={fs.cache}, "
+                                       f"volumes cache={fs.volume_cache}"
+                                       + (" (a second device)" if fs.volume_tag != share.tag else "")
+                                       + ": a share mounted so in the guest")
+        if "loose" in (fs.cache, fs.volume_cache):
+            patched = LOOSE_WRITE_THROUGH in cache.manifest_of(assets.kernel).get("patches", [])
+            report.add("9p writes", patched, "cache=loose writes through (the guest kernel has " + LOOSE_WRITE_THROUGH
+                       + ")" if patched else "the guest kernel lacks " + LOOSE_WRITE_THROUGH + ": with cache=loose, "
+                       "writes reach the host late, a page per request", required=False)
         if cfg.hypervisor.machine == "q35":
             report.add("dax", hello.rootfs_dax, "guest root mounted with DAX" if hello.rootfs_dax
                        else "guest root is not DAX-mounted")

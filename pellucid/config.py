@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .messages import MSIZE_MAX, MSIZE_MIN, SHARE_CACHES, SHARE_TAG, VOLUME_TAG
 
 DEFAULT_PATH = "/etc/pellucid/config.toml"
 ENV_PATH = "PELLUCID_CONFIG"
@@ -62,6 +63,28 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class FilesystemConfig:
+    """How the container's rootfs and volumes reach the VM (9p; see the README's "Files" section)."""
+
+    #: the guest's 9p cache for the container's rootfs: "loose" (pages, names and attributes read are
+    #: cached and dropped before each exec; writes go through, with pellucid's kernel patch), "mmap"
+    #: (nothing cached but mmap'ed pages: every access asks the host) or "none"
+    cache: str = "loose"
+    #: the same for bind-mounted volumes, which the host and other containers change at any time
+    volume_cache: str = "mmap"
+    #: the largest 9p message in bytes (6.1's virtio transport takes up to 512000)
+    msize: int = 512000
+
+    @property
+    def volume_tag(self) -> str:
+        """The 9p share volumes reach the guest by: the rootfs's own unless their cache modes differ."""
+        return VOLUME_TAG if self.volume_cache != self.cache else SHARE_TAG
+
+    def cache_of(self, tag: str) -> str:
+        return self.volume_cache if tag == VOLUME_TAG else self.cache
+
+
+@dataclass(frozen=True)
 class OverheadConfig:
     """What a VM costs the host beyond its container's limits, added to them in its host cgroup."""
 
@@ -80,6 +103,7 @@ class Config:
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    filesystem: FilesystemConfig = field(default_factory=FilesystemConfig)
     overhead: OverheadConfig = field(default_factory=OverheadConfig)
 
     @property
@@ -113,12 +137,18 @@ def parse(text: str, path: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
-    unknown = set(data) - {"hypervisor", "assets", "network", "overhead"}
+    unknown = set(data) - {"hypervisor", "assets", "network", "filesystem", "overhead"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
     hv = _section(HypervisorConfig, data.get("hypervisor", {}), "hypervisor")
     assets = _section(AssetsConfig, data.get("assets", {}), "assets")
     network = _section(NetworkConfig, data.get("network", {}), "network")
+    fs = _section(FilesystemConfig, data.get("filesystem", {}), "filesystem")
+    for key in ("cache", "volume_cache"):
+        if getattr(fs, key) not in SHARE_CACHES:
+            raise ConfigError(f"{path}: filesystem.{key} must be one of {', '.join(SHARE_CACHES)}")
+    if not MSIZE_MIN <= fs.msize <= MSIZE_MAX:
+        raise ConfigError(f"{path}: filesystem.msize must be between {MSIZE_MIN} and {MSIZE_MAX}")
     overhead = _section(OverheadConfig, data.get("overhead", {}), "overhead")
     if overhead.memory_mib < 0 or overhead.cpu_millis < 0 or overhead.pids < 0:
         raise ConfigError(f"{path}: overhead values must not be negative")
@@ -135,7 +165,7 @@ def parse(text: str, path: str = "<string>") -> Config:
                           f"{MIN_TB_SIZE_MIB} and {MAX_TB_SIZE_MIB}")
     if not 64 <= hv.memory_mib <= 65536:
         raise ConfigError(f"{path}: hypervisor.memory_mib must be between 64 and 65536")
-    return Config(path=path, hypervisor=hv, assets=assets, network=network, overhead=overhead)
+    return Config(path=path, hypervisor=hv, assets=assets, network=network, filesystem=fs, overhead=overhead)
 
 
 def load(path: str | None = None) -> Config:

@@ -96,7 +96,8 @@ class VMInfo(Record):
     key of the template it is a clone of ("" for a cold boot)."""
 
     FIELDS = {"accelerator": str, "machine": str, "guest_kernel": str, "boot_id": str, "rootfs_dax": bool,
-              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int, "template": str}
+              "boot_ms": int, "qemu_pid": int, "vcpus": int, "memory_mib": int, "template": str,
+              "share_cache": str, "volume_cache": str}
     __slots__ = tuple(FIELDS)
 
 

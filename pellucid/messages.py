@@ -23,6 +23,9 @@ GUEST_RUN = "/run/pellucid"
 GUEST_SHARED = f"{GUEST_RUN}/shared"  # the host's 9p shares are mounted at GUEST_SHARED/<tag>
 GUEST_BUNDLES = f"{GUEST_RUN}/bundles"  # the agent writes each container's config.json here
 SHARE_TAG = "sandbox"  # the 9p tag of the sandbox's shared directory (container root filesystems, binds)
+# The same directory exported a second time, for the volumes, when they are mounted with another cache
+# mode than the root filesystems (one 9p device serves one guest mount).
+VOLUME_TAG = "volumes"
 
 
 def share_mount_point(tag: str) -> str:
@@ -396,15 +399,47 @@ class Ping(Request):
     RESULT = PingResult
 
 
+# The guest kernel's 9p cache modes pellucid offers (6.1 has no "writeback"; "fscache" needs a cache disk).
+# "mmap": only mmap'ed pages cached, every lookup and read asks the host (coherent).
+# "loose": dentries, attributes and pages cached, writes written back later: the agent writes back
+# before a process's exit is reported and on pause, and drops the caches before an exec.
+SHARE_CACHES = ("none", "mmap", "loose")
+SHARE_CACHES_CACHED = ("loose",)  # the guest keeps pages, names and attributes it read
+MSIZE_MIN, MSIZE_MAX = 8192, 512000  # 6.1's virtio transport caps msize at 125 pages less 3
+
+
 class MountShare(Request):
-    """Mount the host's 9p share ``tag`` at :func:`share_mount_point`."""
+    """Mount the host's 9p share ``tag`` at :func:`share_mount_point`, with ``cache`` (one of
+    :data:`SHARE_CACHES`) and ``msize``, the largest 9p message."""
 
-    __slots__ = ("tag",)
+    __slots__ = ("tag", "cache", "msize")
     OP = "mount_share"
-    FIELDS = {"tag": Ident()}
+    FIELDS = {"tag": Ident(), "cache": Str(16, optional=True, default="mmap"),
+              "msize": Int(MSIZE_MIN, MSIZE_MAX, optional=True, default=262144)}
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, cache: str = "mmap", msize: int = 262144) -> None:
         self.tag = tag
+        self.cache = cache
+        self.msize = msize
+
+    @classmethod
+    def from_json(cls, value: Any) -> Self:
+        share = super().from_json(value)
+        if share.cache not in SHARE_CACHES:
+            raise ProtocolError(f"unknown 9p cache mode {share.cache!r}")
+        return share
+
+
+class SyncShares(Request):
+    """Write back what the guest holds dirty for the host's shares; with ``invalidate``, also drop
+    what it caches of them, so that the next lookup and read see the host's files as they are now."""
+
+    __slots__ = ("invalidate",)
+    OP = "sync_shares"
+    FIELDS = {"invalidate": Bool()}
+
+    def __init__(self, invalidate: bool) -> None:
+        self.invalidate = invalidate
 
 
 # The network.
@@ -846,8 +881,8 @@ class Shutdown(Request):
 
 
 REQUESTS: dict[str, type[Request]] = {cls.OP: cls for cls in (
-    Hello, CloneResumed, Ping, MountShare, ConfigureNetwork, DnsReply, CreateContainer, StartContainer, ExecProcess,
-    SignalProcess, Resize, PauseContainer, ResumeContainer, DeleteContainer, UpdateContainer, Ps, Stats,
+    Hello, CloneResumed, Ping, MountShare, SyncShares, ConfigureNetwork, DnsReply, CreateContainer, StartContainer,
+    ExecProcess, SignalProcess, Resize, PauseContainer, ResumeContainer, DeleteContainer, UpdateContainer, Ps, Stats,
     Shutdown)}
 
 

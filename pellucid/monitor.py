@@ -103,7 +103,10 @@ class Monitor:
         assets = resolve(cfg)
         accelerator, _ = accel.choose(cfg, assets, os.path.dirname(self.vm_dir.rstrip("/")))
         timeline.span("configuration, assets, accelerator", prepare)
+        fs = cfg.filesystem
         shares = tuple(qemu_args.Share(s.tag, s.path) for s in desc.shares)
+        if fs.volume_tag != messages.SHARE_TAG:  # the volumes' own device on the same directory
+            shares += tuple(qemu_args.Share(fs.volume_tag, s.path) for s in shares if s.tag == messages.SHARE_TAG)
         net = desc.network
         nics = tuple(self._nic(n) for n in net.nics)
         console = os.path.join(self.vm_dir, "console.log") if cfg.hypervisor.debug_console else ""
@@ -126,14 +129,16 @@ class Monitor:
             os.close(fd)
         for share in shares:
             with timeline.step("9p mount in the guest"):
-                self.vm.agent.call(messages.MountShare(share.tag), timeout=cfg.hypervisor.boot_timeout)
+                self.vm.agent.call(messages.MountShare(share.tag, fs.cache_of(share.tag), fs.msize),
+                                   timeout=cfg.hypervisor.boot_timeout)
         if net.nics:
             with timeline.step("guest network set-up"):
                 self.vm.agent.call(net.for_guest(), timeout=cfg.hypervisor.boot_timeout)
         self.info = VMInfo(accelerator=accelerator, machine=spec.machine, guest_kernel=hello.kernel,
                            boot_id=hello.boot_id, rootfs_dax=hello.rootfs_dax,
                            boot_ms=round(self.vm.timeline.agent_ms), qemu_pid=self.vm.pid,
-                           vcpus=spec.vcpus, memory_mib=spec.memory_mib, template=template)
+                           vcpus=spec.vcpus, memory_mib=spec.memory_mib, template=template,
+                           share_cache=fs.cache, volume_cache=fs.cache_of(fs.volume_tag))
 
     def _nic(self, nic: Nic) -> qemu_args.Nic:
         """A macvtap is handed to QEMU as an open /dev/tapN; a plain tap by name."""

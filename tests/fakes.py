@@ -26,7 +26,8 @@ MY_START = proc_start_time(MY_PID) or 0
 # What the fake agent answers (the result record's JSON, None for a request without a result);
 # any other operation is refused as the real agent refuses it.
 ANSWERS: dict[str, Any] = {
-    messages.Ping.OP: {"uptime_ms": 1}, messages.MountShare.OP: None, messages.ConfigureNetwork.OP: {"interfaces": []},
+    messages.Ping.OP: {"uptime_ms": 1}, messages.MountShare.OP: None, messages.SyncShares.OP: None,
+    messages.ConfigureNetwork.OP: {"interfaces": []},
     messages.StartContainer.OP: {"crun_us": 1}, messages.SignalProcess.OP: None, messages.DeleteContainer.OP: None,
     messages.PauseContainer.OP: None, messages.ResumeContainer.OP: None, messages.UpdateContainer.OP: None,
     messages.Ps.OP: [{"pid": 1, "ppid": 0, "uid": 0, "state": "S", "utime": 0, "stime": 0, "start": 0,

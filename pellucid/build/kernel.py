@@ -1,4 +1,5 @@
-"""The guest kernel: Debian's linux-source-6.1, ``make tinyconfig``, our fragment on top, ``vmlinux``.
+"""The guest kernel: Debian's linux-source-6.1 with our patches, ``make tinyconfig``, our fragment on
+top, ``vmlinux``.
 
 The uncompressed ``vmlinux`` carries a PVH entry note, so QEMU boots it directly (no bootloader,
 no legacy BIOS path).
@@ -18,8 +19,9 @@ from ..errors import AssetError
 from . import cache
 from .progress import Progress
 
-RECIPE = "kernel-1"  # bump when the build steps change
+RECIPE = "kernel-2"  # bump when the build steps change
 FRAGMENT = "kernel.config"
+PATCHES = "kernel-patches"  # applied in name order with ``patch -p1``
 ARTIFACT = "vmlinux"
 LINK = "vmlinux"
 # Objects compiled for this configuration, for the progress estimate; the real count is recorded.
@@ -28,6 +30,12 @@ EXPECTED_OBJECTS = 1553
 
 def fragment_text() -> str:
     return resources.files(__package__).joinpath(FRAGMENT).read_text()
+
+
+def patches() -> list[tuple[str, str]]:
+    """(name, text) of each patch applied to the source, in order."""
+    found = [p for p in resources.files(__package__).joinpath(PATCHES).iterdir() if p.name.endswith(".patch")]
+    return [(p.name, p.read_text()) for p in sorted(found, key=lambda p: p.name)]
 
 
 def parse_fragment(text: str) -> dict[str, str]:
@@ -52,7 +60,8 @@ def missing_options(fragment: str, dotconfig: str) -> list[str]:
 
 def cache_key(source: str) -> str:
     cc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    return cache.digest([RECIPE, fragment_text(), cache.file_digest(source), cc])
+    applied = [part for name, text in patches() for part in (name, text)]
+    return cache.digest([RECIPE, fragment_text(), *applied, cache.file_digest(source), cc])
 
 
 def ensure(assets_dir: str, source: str, jobs: int | None = None) -> Path:
@@ -83,6 +92,9 @@ def build(assets_dir: str, source: str, key: str, jobs: int) -> Path:
         subprocess.run(["tar", "-xf", source, "-C", str(work)], check=True)
         (src,) = [p for p in work.iterdir() if p.is_dir()]
         with open(Path(assets_dir) / "kernel-build.log", "w") as log:
+            for name, text in patches():
+                progress.step(f"applying {name}")
+                _apply(src, name, text, log)
             progress.step("configuring: tinyconfig + pellucid fragment")
             _make(src, "tinyconfig", log=log)
             (src / "pellucid.config").write_text(fragment_text())
@@ -100,13 +112,22 @@ def build(assets_dir: str, source: str, key: str, jobs: int) -> Path:
         shutil.copy2(src / "vmlinux", staging / ARTIFACT)
         shutil.copy2(src / ".config", staging / "config")
         manifest = {"kind": "kernel", "key": key, "release": release, "recipe": RECIPE,
-                    "source": source, "objects": objects}
+                    "source": source, "patches": [name for name, _ in patches()], "objects": objects}
         path = cache.commit(assets_dir, "kernel", key, staging, manifest, LINK, ARTIFACT)
         progress.finish(f"built {release} -> {path}")
         return path
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _apply(src: Path, name: str, text: str, log) -> None:
+    log.write(f"applying {name}\n")
+    log.flush()
+    result = subprocess.run(["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch"], cwd=src,
+                            input=text.encode(), stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise AssetError(f"kernel patch {name} does not apply to {src.name} (see {log.name})")
 
 
 def _compile(src: Path, jobs: int, log, progress: Progress) -> int:

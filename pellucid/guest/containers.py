@@ -56,6 +56,7 @@ class Containers:
         self.processes: dict[int, Process] = {}
         self.inits: dict[str, int] = {}  # container id -> process number of its init
         self._next = 1
+        self.caching = False  # a share is mounted with cache=loose: the guest keeps what it read
         os.makedirs(BUNDLES, exist_ok=True)
         for request, handler in (
                 (messages.CreateContainer, self.create), (messages.StartContainer, self.start),
@@ -63,7 +64,7 @@ class Containers:
                 (messages.Resize, self.resize), (messages.PauseContainer, self.pause),
                 (messages.ResumeContainer, self.resume), (messages.DeleteContainer, self.delete),
                 (messages.Ps, self.ps), (messages.Stats, self.stats), (messages.UpdateContainer, self.update),
-                (messages.MountShare, self.mount_share)):
+                (messages.MountShare, self.mount_share), (messages.SyncShares, self.sync_shares)):
             agent.handle(request, handler)
         agent.on_tick.append(self._tick)
 
@@ -131,6 +132,8 @@ class Containers:
             return
         proc.reported = True
         proc.stdio.close()
+        if self.caching:  # dirty pages of shared mappings are on the host before anyone hears of the exit
+            os.sync()
         self.agent.emit(messages.Exit(process=proc.number, container=proc.container, status=proc.status))
 
     def _tick(self) -> None:
@@ -150,10 +153,23 @@ class Containers:
         os.makedirs(target, exist_ok=True)
         if not os.path.ismount(target):
             linux.mount(request.tag, target, "9p", linux.MS_NODEV,
-                        "trans=virtio,version=9p2000.L,msize=262144,cache=mmap,posixacl")
+                        f"trans=virtio,version=9p2000.L,msize={request.msize},cache={request.cache},posixacl")
             # Shared, as a bind source is on a systemd host: a container whose config asks for
             # shared propagation (rootfsPropagation, "rshared" binds) gets binds that are peers.
             linux.mount("none", target, None, linux.MS_SHARED)
+        if request.cache in messages.SHARE_CACHES_CACHED:
+            self.caching = True
+
+    def sync_shares(self, request: messages.SyncShares) -> None:
+        """Only shares mounted with cache=loose need it. The guest's own root is a read-only DAX image
+        and its other file systems are tmpfs, so the global sync and drop_caches touch nothing but
+        the shares."""
+        if not self.caching:
+            return
+        os.sync()
+        if request.invalidate:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3")
 
     def create(self, request: messages.CreateContainer) -> messages.ProcessResult:
         began = time.monotonic_ns()

@@ -152,7 +152,8 @@ def create(store: Store, cfg: config_mod.Config, id: str, bundle: str, *, pid_fi
     hooks = {stage: oci.hooks_of(config, stage) for stage in ("prestart", "createRuntime", "poststart",
                                                                "poststop")}
     guest_cfg, binds = guest_config.translate(config, bundle, id, messages.SHARE_TAG,  # refuses before any boot
-                                              namespace_paths=placement.guest_paths)
+                                              namespace_paths=placement.guest_paths,
+                                              volume_tag=cfg.filesystem.volume_tag)
     if parent is not None:
         check_fits(parent, config)
     linux = config.get("linux") or {}

@@ -16,7 +16,7 @@ from ..state import Status
 from ..store import Store
 from . import guest_config
 from .layout import MONITOR_SOCKET, vm_dir_of
-from .lifecycle import refresh, system_host
+from .lifecycle import refresh, sync_shares, system_host
 from .shims import write_pid_file
 
 TYPE_CHECKING = False
@@ -38,6 +38,7 @@ def exec_process(store: Store, id: str, process: dict[str, Any], *, pid_file: st
     terminal = bool(process.get("terminal"))
     if terminal and detach and not console_socket:
         raise ContainerError("cannot allocate tty if pellucid will detach without setting console socket")
+    sync_shares(host, store, st, invalidate=True)  # the new process sees the host's files as they are now
     shim = host.start_shim(st.netns, console=bool(console_socket), cgroup=st.cgroup.dirs)
     try:
         request = messages.ExecProcess(id, guest_config.process_for_guest(process))

@@ -87,8 +87,11 @@ def guest_dir(tag: str, container_id: str) -> str:
 
 
 def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
-              namespace_paths: dict[str, str] | None = None) -> tuple[dict[str, Any], list[Bind]]:
+              namespace_paths: dict[str, str] | None = None,
+              volume_tag: str = "") -> tuple[dict[str, Any], list[Bind]]:
     """The guest's config and the binds the host must make under the container's shared directory.
+    The rootfs reaches the guest by share ``tag``, bind mounts by ``volume_tag`` (by default the same
+    share; another share of the same directory when volumes are mounted with another cache mode).
 
     ``namespace_paths`` maps a namespace type to a guest path to join (containers of a pod join
     their sandbox's namespaces; "": a new one); any other namespace path is refused: it names a host
@@ -96,6 +99,7 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
     """
     cfg = copy.deepcopy(config)
     base = guest_dir(tag, container_id)
+    volume_base = guest_dir(volume_tag or tag, container_id)
     root = cfg.get("root") or {}
     binds = [Bind("", "rootfs", True, bool(root.get("readonly")))]
     cfg["root"] = {"path": f"{base}/rootfs", "readonly": bool(root.get("readonly"))}
@@ -116,7 +120,7 @@ def translate(config: dict[str, Any], bundle: str, container_id: str, tag: str,
             if name is None:
                 name = names[(source, readonly)] = f"mounts/{i}"
                 binds.append(Bind(source, name, os.path.isdir(source), readonly))
-            mount = {**mount, "source": f"{base}/{name}"}
+            mount = {**mount, "source": f"{volume_base}/{name}"}
             destination = mount.get("destination", "")
             if SHARED_PROPAGATION.intersection(options) and isinstance(destination, str):
                 first = peers.setdefault(source, destination)

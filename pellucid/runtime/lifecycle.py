@@ -62,6 +62,23 @@ def _call(host: Host, store: Store, st: ContainerState, request: messages.Reques
         return agent.call(request, timeout=timeout)
 
 
+def share_caches(store: Store, st: ContainerState) -> bool:
+    """Whether the VM of ``st`` caches its shares (then the host must have it sync or invalidate them)."""
+    if st.kind == "container":
+        try:
+            st = store.load(st.sandbox)
+        except NotFound:
+            return False
+    return bool({st.vm.share_cache, st.vm.volume_cache} & set(messages.SHARE_CACHES_CACHED))
+
+
+def sync_shares(host: Host, store: Store, st: ContainerState, invalidate: bool) -> None:
+    """Have the guest write back what it holds dirty of the shares and, with ``invalidate``, forget
+    what it caches of them (a change the host made, e.g. `docker cp` into the container, is then seen)."""
+    if share_caches(store, st):
+        _call(host, store, st, messages.SyncShares(invalidate))
+
+
 def start(store: Store, id: str, host: Host | None = None) -> None:
     host = host or system_host()
     with store.lock(id):
@@ -217,6 +234,7 @@ def pause(store: Store, id: str, host: Host | None = None) -> None:
         if not now.can_pause():
             raise ContainerError(f"cannot pause a {now.value} container")
         _call(host, store, st, messages.PauseContainer(id))
+        sync_shares(host, store, st, invalidate=False)  # `docker commit` reads the rootfs of a paused container
         st.paused = True
         store.save(st)
 

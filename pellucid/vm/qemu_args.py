@@ -10,6 +10,10 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 # q35 with every legacy part that can go switched off; qboot instead of SeaBIOS.
+# QEMU's 9p server: files keep the container's owners and modes (QEMU runs as root), and files of
+# the several host file systems under one share (overlay rootfs, volumes) get distinct inode numbers.
+FSDEV_OPTIONS = "security_model=passthrough,multidevs=remap"
+
 Q35_OPTIONS = "sata=off,smbus=off,hpet=off,i8042=off,vmport=off,usb=off,graphics=off"
 # QEMU's own seccomp filter: no obsolete syscalls, no uid/gid changes (QEMU is not started with
 # -runas), no fork/exec, no scheduler or affinity changes. pellucid's filter (vm.confine) is beneath it.
@@ -157,7 +161,7 @@ def build_argv(spec: VMSpec) -> list[str]:
         argv += ["-device", f"virtio-net-{bus},{netdev}mac={nic.mac},host_mtu={nic.mtu}"]
     for i, share in enumerate(spec.shares):
         ro = ",readonly=on" if share.readonly else ""
-        argv += ["-fsdev", f"local,id=fs{i},path={share.path},security_model=passthrough,multidevs=remap{ro}",
+        argv += ["-fsdev", f"local,id=fs{i},path={share.path},{FSDEV_OPTIONS}{ro}",
                  "-device", f"virtio-9p-{bus},fsdev=fs{i},mount_tag={share.tag}"]
     if spec.incoming:
         argv += ["-S", "-incoming", "defer"]

@@ -67,6 +67,9 @@ def test_check_json_reports_a_real_guest(tmp_path):
     assert 0 < report["timeline_ms"]["kernel"] < report["timeline_ms"]["init"] <= report["boot_ms"]
     templates = next(c for c in report["checks"] if c["name"] == "templates")
     assert templates["ok"] and templates["detail"].startswith("on: VMs start as clones")  # the default
+    checks = {c["name"]: c for c in report["checks"]}
+    assert "rootfs cache=loose, volumes cache=mmap (a second device)" in checks["filesystem"]["detail"]
+    assert checks["9p writes"]["ok"], checks["9p writes"]  # the assets' kernel has the write-through patch
     assert qemu_pids(tmp_path) == set()
 
 

@@ -3,7 +3,10 @@
 import json
 import os
 
+import pytest
+
 from pellucid.build import cache, kernel
+from pellucid.errors import AssetError
 
 
 def test_digest_separates_parts():
@@ -59,3 +62,27 @@ def test_our_fragment_asks_for_what_the_design_needs():
     assert "m" not in opts.values(), "the guest loads no modules: everything is built in"
     assert opts["CONFIG_RTC_CLASS"] == "n"
     assert "CONFIG_MODULES" not in opts or opts["CONFIG_MODULES"] == "n"
+
+
+def test_kernel_patches_are_in_the_cache_key(tmp_path, monkeypatch):
+    source = tmp_path / "linux-source-6.1.tar.xz"
+    source.write_bytes(b"tar")
+    assert [name for name, _ in kernel.patches()] == ["9p-loose-write-through.patch"]
+    shipped = kernel.cache_key(str(source))
+    monkeypatch.setattr(kernel, "patches", lambda: [("9p-loose-write-through.patch", "another text")])
+    assert kernel.cache_key(str(source)) != shipped
+    monkeypatch.setattr(kernel, "patches", lambda: [])
+    assert kernel.cache_key(str(source)) != shipped
+
+
+def test_kernel_patch_applies_or_the_build_stops(tmp_path):
+    src = tmp_path / "linux-6.1"
+    (src / "fs").mkdir(parents=True)
+    (src / "fs/a.c").write_text("one\ntwo\nthree\n")
+    patch = "--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1,3 +1,3 @@\n one\n-two\n+deux\n three\n"
+    with open(tmp_path / "build.log", "w") as log:
+        kernel._apply(src, "x.patch", patch, log)
+        assert (src / "fs/a.c").read_text() == "one\ndeux\nthree\n"
+        with pytest.raises(AssetError, match="x.patch does not apply"):
+            kernel._apply(src, "x.patch", patch, log)  # already applied: refused, not reversed
+    assert (src / "fs/a.c").read_text() == "one\ndeux\nthree\n"

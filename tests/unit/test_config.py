@@ -23,6 +23,10 @@ def test_values_are_read_and_typed():
     assert config.parse("[hypervisor]\ntcg_tb_size_mib = 0\n").hypervisor.tcg_tb_size_mib == 0  # QEMU's default
     assert cfg.kernel_path == "/k"
     assert cfg.image_path == "/var/lib/pellucid/root.img"
+    assert (cfg.filesystem.cache, cfg.filesystem.volume_cache, cfg.filesystem.msize) == ("loose", "mmap", 512000)
+    assert cfg.filesystem.volume_tag == "volumes" and cfg.filesystem.cache_of("volumes") == "mmap"
+    fs = config.parse('[filesystem]\ncache = "mmap"\nmsize = 262144\n').filesystem
+    assert (fs.cache, fs.msize, fs.volume_tag) == ("mmap", 262144, "sandbox")  # one share serves both
 
 
 @pytest.mark.parametrize("text, message", [
@@ -35,6 +39,9 @@ def test_values_are_read_and_typed():
     ('[hypervisor]\ndebug_console = 1', "must be a bool"),
     ('[hypervisor]\nnope = 1', "unknown key"),
     ('[other]\n', "unknown section"),
+    ('[filesystem]\ncache = "fscache"', "filesystem.cache"),
+    ('[filesystem]\nmsize = 1048576', "filesystem.msize"),
+    ('[filesystem]\nvolume_cache = "fscache"', "filesystem.volume_cache"),
     ('hypervisor = 3', "must be a table"),
     ('[hypervisor\n', "config.toml|<string>"),
 ])

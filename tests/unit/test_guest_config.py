@@ -27,6 +27,14 @@ def test_rootfs_and_binds_go_through_the_share():
     assert sorted(Path(b.source).name for b in binds[1:]) == ["hostname", "hosts", "resolv.conf"]
 
 
+def test_binds_go_through_the_volumes_share_when_it_is_another():
+    guest, _ = translate(docker_config(), "/b", "cid", "sandbox", volume_tag="volumes")
+    assert guest["root"]["path"] == "/run/pellucid/shared/sandbox/cid/rootfs"
+    binds = [m for m in guest["mounts"] if m["destination"] in ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts")]
+    assert len(binds) == 3
+    assert all(m["source"].startswith("/run/pellucid/shared/volumes/cid/mounts/") for m in binds)
+
+
 def test_the_network_namespace_is_the_vms_and_its_sysctls_go_to_the_agent():
     config = docker_config()
     guest, _ = translate(config, "/b", "cid", "sandbox")

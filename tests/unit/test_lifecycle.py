@@ -272,3 +272,25 @@ def test_a_failing_delete_releases_the_lock_and_keeps_the_state(store):
     host.fail = ""
     lifecycle.delete(store, "c1", host=host)
     assert host.vms == {}
+
+
+@pytest.mark.parametrize("volume_cache", ["mmap", "loose"])
+def test_a_caching_share_is_invalidated_before_exec_and_written_back_on_pause(store, volume_cache):
+    host = FakeHost()
+    st = make(store, host, Status.RUNNING)
+    st.vm = VMInfo(vcpus=2, memory_mib=512, share_cache="loose", volume_cache=volume_cache)
+    store.save(st)
+    exec_process(store, "c1", {"args": ["true"], "cwd": "/"}, host=host)
+    lifecycle.pause(store, "c1", host)
+    assert host.agent_calls == [("sync_shares", {"invalidate": True}), ("exec_process", host.agent_calls[1][1]),
+                                ("pause_container", {"id": "c1"}), ("sync_shares", {"invalidate": False})]
+
+
+def test_shares_that_do_not_cache_need_no_round_trip(store):
+    host = FakeHost()
+    st = make(store, host, Status.RUNNING)
+    st.vm = VMInfo(vcpus=2, memory_mib=512, share_cache="mmap", volume_cache="mmap")
+    store.save(st)
+    exec_process(store, "c1", {"args": ["true"], "cwd": "/"}, host=host)
+    lifecycle.pause(store, "c1", host)
+    assert [op for op, _ in host.agent_calls] == ["exec_process", "pause_container"]

@@ -27,6 +27,8 @@ SAMPLES = [
     messages.Ping(),
     messages.PingResult(uptime_ms=5),
     messages.MountShare(tag=messages.SHARE_TAG),
+    messages.MountShare(tag=messages.SHARE_TAG, cache="loose", msize=512000),
+    messages.SyncShares(invalidate=True),
     ADDRESS4, ADDRESS6, NIC, ROUTE,
     messages.ConfigureNetwork(nics=[NIC], routes=[ROUTE], dns_relay=True),
     messages.NetworkResult(interfaces=["eth0"]),
@@ -102,7 +104,7 @@ def test_responses_round_trip_through_frames():
 
 
 def test_op_and_event_names_are_unique_and_complete():
-    assert len(messages.REQUESTS) == len({c.OP for c in messages.REQUESTS.values()}) == 18
+    assert len(messages.REQUESTS) == len({c.OP for c in messages.REQUESTS.values()}) == 19
     assert all(op and messages.REQUESTS[op].OP == op for op in messages.REQUESTS)
     assert set(messages.EVENTS) == {"exit", "dns_query"}
 
@@ -359,3 +361,10 @@ def test_guest_step_times_are_optional_and_bounded():
             messages.ProcessResult.from_json({"process": 1, "pid": 2, "crun_us": bad})
         with pytest.raises(ProtocolError):
             messages.CrunResult.from_json({"crun_us": bad})
+
+
+def test_a_share_cache_mode_the_guest_does_not_offer_is_refused():
+    msg = messages.MountShare(tag=messages.SHARE_TAG, cache="loose").to_json()
+    assert messages.MountShare.from_json(msg).cache == "loose"
+    with pytest.raises(ProtocolError, match="cache mode"):
+        messages.MountShare.from_json({**msg, "cache": "fscache"})

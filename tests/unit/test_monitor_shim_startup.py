@@ -161,15 +161,17 @@ def test_monitor_boot_hands_the_description_to_qemu_and_the_agent(boot_fake):
     monitor, vms = boot_fake(templates=False)
     spec = vms[0].spec
     assert (spec.vcpus, spec.memory_mib, spec.name) == (2, 384, "pellucid-c1")
-    assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s")]
+    # The volumes: the same directory by a second device, mounted without the rootfs's cache.
+    assert [(s.tag, s.path) for s in spec.shares] == [("sandbox", "/s"), ("volumes", "/s")]
     assert [(n.tap, n.mac, n.mtu) for n in spec.nics] == [("pltap0", "02:42:a9:fe:4d:02", 1450)]
     assert vms[0].agent_calls == [
-        (messages.MountShare.OP, {"tag": "sandbox"}),
+        (messages.MountShare.OP, {"tag": "sandbox", "cache": "loose", "msize": 512000}),
+        (messages.MountShare.OP, {"tag": "volumes", "cache": "mmap", "msize": 512000}),
         (messages.ConfigureNetwork.OP, {"nics": [boot_fake.nic.for_guest()], "routes": [], "dns_relay": True})]
     info = monitor.info
     assert (info.accelerator, info.vcpus, info.memory_mib, info.guest_kernel, info.boot_ms) == ("tcg", 2, 384,
                                                                                                 "6.1.0-fake", 3)
-    assert info.template == ""
+    assert (info.template, info.share_cache, info.volume_cache) == ("", "loose", "mmap")
     assert MonitorReady.from_json(MonitorReady(ok=True, info=info).to_json()).info == info
 
 
@@ -189,7 +191,7 @@ def test_monitor_boot_starts_a_clone_at_its_size_class_then_mounts_and_configure
 
     monitor, vms = boot_fake(templates=True, clone=clone)
     assert len(vms) == 1 and vms[0].spec.nics[0].tap == "pltap0"
-    assert [op for op, _ in vms[0].agent_calls] == [messages.MountShare.OP, messages.ConfigureNetwork.OP]
+    assert [op for op, _ in vms[0].agent_calls] == [messages.MountShare.OP] * 2 + [messages.ConfigureNetwork.OP]
     assert (monitor.info.template, monitor.info.vcpus, monitor.info.memory_mib) == ("key1", 2, 512)
 
 
@@ -201,7 +203,7 @@ def test_monitor_boots_cold_when_the_vm_cannot_be_a_clone_and_says_why(boot_fake
 
     monitor, vms = boot_fake(templates=True, clone=clone)
     assert len(vms) == 1 and (vms[0].spec.memory_mib, monitor.info.template) == (384, "")
-    assert [op for op, _ in vms[0].agent_calls] == [messages.MountShare.OP, messages.ConfigureNetwork.OP]
+    assert [op for op, _ in vms[0].agent_calls] == [messages.MountShare.OP] * 2 + [messages.ConfigureNetwork.OP]
     assert "booting cold, not as a clone: the template's build failed (1): no space" in capsys.readouterr().err
 
 

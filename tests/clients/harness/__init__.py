@@ -16,11 +16,11 @@ names: ``from tests.clients import harness; harness.Dockerd(...)``.
 Standard library only (Python 3.11).
 """
 
-from .binaries import BUSYBOX, CNI_BIN_DIR, DOCKER_CLI, RUNC, logging_runtime, need
+from .binaries import BUSYBOX, CNI_BIN_DIR, DOCKER_CLI, RUNC, configured_runtime, logging_runtime, need
 from .commands import CommandError, HarnessError, run_cmd, tail
 from .containerd import Containerd
 from .dockerd import Dockerd
-from .images import busybox_rootfs, busybox_tarball, oci_archive, single_file_tarball
+from .images import busybox_rootfs, busybox_tarball, oci_archive, python_rootfs, python_tarball, single_file_tarball
 from .mounts import mounts_under, unmount_all_under
 from .network import free_port, veths
 from .podman import Podman
@@ -29,6 +29,7 @@ from .service import PrivateService
 
 __all__ = [
     "BUSYBOX", "CNI_BIN_DIR", "DOCKER_CLI", "RUNC", "CommandError", "Containerd", "Dockerd", "HarnessError",
+    "configured_runtime", "python_rootfs", "python_tarball",
     "Podman", "PrivateService", "busybox_rootfs", "busybox_tarball", "free_port", "kill_pids", "logging_runtime",
     "mounts_under", "need", "oci_archive", "pids_referencing", "run_cmd", "single_file_tarball", "stop_process",
     "tail", "unmount_all_under", "veths",

@@ -27,3 +27,11 @@ def logging_runtime(path: Path, log: Path, runtime: str = RUNC) -> Path:
     path.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {runtime} "$@"\n')
     path.chmod(0o755)
     return path
+
+
+def configured_runtime(path: Path, runtime: str, config: Path) -> Path:
+    """Write an executable at `path` that runs pellucid `runtime` with the configuration file `config`."""
+    path = Path(path)
+    path.write_text(f'#!/bin/sh\nPELLUCID_CONFIG={config} exec {runtime} "$@"\n')
+    path.chmod(0o755)
+    return path

@@ -71,6 +71,46 @@ def busybox_rootfs(dest: Path, busybox: str = BUSYBOX) -> Path:
     return dest
 
 
+# Debian 12's python3.11 and the libraries its interpreter and the modules the benchmarks import need:
+# the .debs `pellucid assets build` downloads for the guest image (apt-get download), extracted.
+PYTHON_DEBS = ("libc6_", "zlib1g_", "libexpat1_", "libffi8_", "liblzma5_", "libpython3.11-minimal_",
+               "libpython3.11-stdlib_", "python3.11-minimal_")
+
+
+def python_rootfs(dest: Path, debs_dir: Path, busybox: str = BUSYBOX) -> Path:
+    """The busybox rootfs plus Debian 12's python3 (as /usr/bin/python3), from the .debs in `debs_dir`."""
+    debs = sorted(Path(debs_dir).glob("*.deb"))
+    wanted = [d for d in debs if d.name.startswith(PYTHON_DEBS)]
+    missing = [p for p in PYTHON_DEBS if not any(d.name.startswith(p) for d in wanted)]
+    if missing:
+        raise HarnessError(f"no {', '.join(m.rstrip('_') for m in missing)} .deb in {debs_dir} "
+                           "(pellucid assets build downloads them)")
+    busybox_rootfs(dest, busybox)
+    for deb in wanted:
+        run_cmd(["dpkg-deb", "-x", str(deb), str(dest)])
+    python = Path(dest) / "usr/bin/python3"
+    if not python.exists():
+        python.symlink_to("python3.11")
+    # What Debian's postinst does: the standard library's bytecode, so no import writes it.
+    run_cmd(["chroot", str(dest), "/usr/bin/python3", "-m", "compileall", "-q", "-j0", "/usr/lib/python3.11"],
+            timeout=300)
+    return Path(dest)
+
+
+def python_tarball(dest_dir: Path, debs_dir: Path, name: str = "python-rootfs.tar") -> Path:
+    """:func:`python_rootfs` packed into `dest_dir/name` (all owned by root)."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    root = python_rootfs(Path(tempfile.mkdtemp(prefix="rootfs-", dir=dest_dir)), debs_dir)
+    out = dest_dir / name
+    try:
+        with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(root, arcname=".", filter=_root_owned)
+    finally:
+        shutil.rmtree(root)
+    return out
+
+
 def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
