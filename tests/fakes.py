@@ -10,6 +10,7 @@ Failures are injected by name: ``FakeHost(fail="launch_vm")`` makes that step ra
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Callable, Sequence
 
 from pellucid import messages, protocol
@@ -346,3 +347,15 @@ class FakeVM:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SocketVM:
+    """The monitor's view of a booted VM whose agent channel is ``sock`` (one end of a socket
+    pair the test plays the agent on): what the monitor's stream and bound tests drive."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.agent = type("Agent", (), {"sock": sock, "reader": protocol.FrameReader()})()
+        self.proc = None
+
+    def stop(self) -> None:
+        self.agent.sock.close()

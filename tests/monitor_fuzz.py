@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from pellucid import messages, monitor, protocol, sockets
 from pellucid.monitor import Monitor
+from tests.fakes import SocketVM
 
 CHUNK = protocol.MAX_STREAM_CHUNK
 WINDOW = protocol.STREAM_WINDOW
@@ -34,15 +35,6 @@ FRAME_MAX = protocol.HEADER.size + protocol.MAX_PAYLOAD
 # Small caps, so that a short run reaches every bound (the monitor reads them at run time).
 SMALL_CAPS = {"MAX_CLIENT_BUFFER": 256 << 10, "MAX_CLIENT_REQUESTS": 8, "MAX_AGENT_BUFFER": 256 << 10,
               "MAX_PENDING": 16, "PENDING_SECONDS": 0.05, "MAX_DNS_QUERIES": 8, "DNS_SECONDS": 0.05}
-
-
-class FakeVM:
-    def __init__(self, sock: socket.socket) -> None:
-        self.agent = type("Agent", (), {"sock": sock, "reader": protocol.FrameReader()})()
-        self.proc = None
-
-    def stop(self) -> None:
-        self.agent.sock.close()
 
 
 class Peer:
@@ -375,7 +367,7 @@ class Session:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
         self.mon = Monitor(self.dir)
-        self.mon.vm = FakeVM(host)
+        self.mon.vm = SocketVM(host)
         self.made: dict[int, int] = {}  # id of a connection -> processes made for it
         opened = self.mon._opened
 

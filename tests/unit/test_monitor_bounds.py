@@ -13,7 +13,8 @@ import pytest
 
 from pellucid import messages, monitor, protocol, sockets
 from pellucid.monitor import Monitor
-from tests.monitor_fuzz import DnsServer, FakeVM, Peer
+from tests.fakes import SocketVM
+from tests.monitor_fuzz import DnsServer, Peer
 
 STDIN, STDOUT = protocol.STDIN, protocol.STDOUT
 
@@ -28,7 +29,7 @@ class Rig:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
         self.mon = Monitor(str(path))
-        self.mon.vm = FakeVM(host)
+        self.mon.vm = SocketVM(host)
         self.path = str(path / monitor.SOCKET)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sockets.bind(self.listener, self.path)

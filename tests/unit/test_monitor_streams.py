@@ -13,6 +13,7 @@ import pytest
 
 from pellucid import messages, protocol, sockets
 from pellucid.monitor import Monitor
+from tests.fakes import SocketVM
 
 CHUNK = protocol.MAX_STREAM_CHUNK
 WINDOW = protocol.STREAM_WINDOW
@@ -55,21 +56,12 @@ class Peer:
             return got
 
 
-class FakeVM:
-    def __init__(self, sock: socket.socket) -> None:
-        self.agent = type("Agent", (), {"sock": sock, "reader": protocol.FrameReader()})()
-        self.proc = None
-
-    def stop(self) -> None:
-        self.agent.sock.close()
-
-
 @pytest.fixture
 def monitor(tmp_path):
     (tmp_path / "vm.json").write_text(json.dumps({"id": "t"}))
     host, guest = socket.socketpair()
     mon = Monitor(str(tmp_path))
-    mon.vm = FakeVM(host)
+    mon.vm = SocketVM(host)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path = str(tmp_path / "monitor.sock")
     sockets.bind(listener, path)
