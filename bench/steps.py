@@ -59,7 +59,7 @@ def plot(steps: list[dict], title: str, path: str) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "no plot: matplotlib is not installed (pip install -e '.[bench]')"
+        return "no plot: matplotlib is not installed (the bench extra: scripts/setup installs it)"
     t0 = steps[0]["start"]
     procs = list(dict.fromkeys(s["who"] for s in steps))
     colors = plt.get_cmap("tab10")
