@@ -124,6 +124,15 @@ class Runtime:
             parts.append(f"\n--- {path}:\n{path.read_text(errors='replace')[-3000:]}")
         return "".join(parts)
 
+    def wait_reaped(self, timeout: float = 120) -> None:
+        """Until what ``delete`` left to its detached reaper (the VM's exit, the cgroup, the
+        directory) is done: ``delete`` returns before the VM has exited."""
+        graves = self.root / ".graves"
+        deadline = time.monotonic() + timeout
+        while graves.exists() and any(graves.iterdir()):
+            assert time.monotonic() < deadline, f"not reaped within {timeout} s: {list(graves.iterdir())}"
+            time.sleep(0.05)
+
     def cleanup(self) -> None:
         if not self.root.exists():
             return

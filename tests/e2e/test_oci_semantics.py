@@ -135,6 +135,7 @@ def test_limits_hold_on_the_host_and_in_the_guest(runtime, make_bundle, tmp_path
     assert b"bye" in rest
     assert wait_exit(pid) == 0
     runtime("delete", "limits")
+    runtime.wait_reaped()  # the cgroup goes once the VM has exited, after delete returned
     assert not any(cgroup_dir(c, path).exists() for c in ("memory", "cpu", "cpuset", "pids", "unified"))
     pipes.close()
 
