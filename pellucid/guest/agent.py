@@ -60,7 +60,9 @@ class Agent:
         self.stream_handlers: dict[int, Callable[[bytes], None]] = {}
         self.credit_handlers: dict[int, Callable[[int], None]] = {}  # stream id -> bytes granted
         self.child_handlers: dict[int, Callable[[int], None]] = {}
-        self.on_tick: list[Callable[[], None]] = []
+        # Called after every wake-up; each returns whether it wants another within TICK_SECONDS. An
+        # idle guest sleeps until the host or a child wakes it: under TCG every wake-up costs CPU.
+        self.on_tick: list[Callable[[], bool]] = []
         self.selector.register(fd, selectors.EVENT_READ, self._on_channel)
         self.handle(messages.Hello, self.hello)
         self.handle(messages.Ping, self.ping)
@@ -86,11 +88,11 @@ class Agent:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.selector.register(wake_r, selectors.EVENT_READ, lambda mask: self._on_signal(wake_r))
         # Children are reaped only here, never while a handler waits for its own subprocess.
+        again = False
         while True:
-            for key, mask in self.selector.select(TICK_SECONDS if self.on_tick else None):
+            for key, mask in self.selector.select(TICK_SECONDS if again else None):
                 key.data(mask)
-            for tick in self.on_tick:
-                tick()
+            again = any([tick() for tick in self.on_tick])
 
     def _on_channel(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE and self.out:

@@ -136,9 +136,13 @@ class Containers:
             os.sync()
         self.agent.emit(messages.Exit(process=proc.number, container=proc.container, status=proc.status))
 
-    def _tick(self) -> None:
+    def _tick(self) -> bool:
+        """Report the exits whose output has drained; whether some exit still waits for its output."""
+        waiting = False
         for proc in list(self.processes.values()):
             self._maybe_report(proc)
+            waiting |= proc.status is not None and not proc.reported
+        return waiting
 
     def _process(self, number: int) -> Process:
         proc = self.processes.get(number)

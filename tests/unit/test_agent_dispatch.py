@@ -3,12 +3,16 @@ handlers get checked request records, and every failure is answered with its err
 
 import errno
 import selectors
+import signal
 import socket
+import time
+import types
 
 import pytest
 
 from pellucid import messages, protocol
-from pellucid.guest.agent import Agent, AgentError
+from pellucid.guest import containers as containers_mod
+from pellucid.guest.agent import TICK_SECONDS, Agent, AgentError
 
 
 class Channel:
@@ -143,3 +147,44 @@ def test_events_are_sent_as_records(channel):
     channel.agent._on_channel(selectors.EVENT_WRITE)
     (frame,) = channel.reader.feed(channel.host.recv(1 << 16))
     assert messages.read_event(frame.json()) == messages.Exit(process=3, container="c1", status=137)
+
+
+class LoopEnds(Exception):
+    pass
+
+
+def test_an_idle_agent_sleeps_until_woken_and_ticks_only_while_a_tick_asks(channel, monkeypatch):
+    """Under TCG every guest wake-up costs host CPU: with nothing pending, the loop has no timeout."""
+    timeouts: list[float | None] = []
+    wants = iter([True, True, False])
+
+    def select(timeout=None):
+        timeouts.append(timeout)
+        if len(timeouts) == 4:
+            raise LoopEnds
+        return []
+
+    monkeypatch.setattr(channel.agent.selector, "select", select)
+    channel.agent.on_tick.append(lambda: next(wants))
+    channel.agent.on_tick.append(lambda: False)  # every tick runs, whatever the others answer
+    previous = signal.getsignal(signal.SIGCHLD)
+    try:
+        with pytest.raises(LoopEnds):
+            channel.agent.run()
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, previous)
+    assert timeouts == [None, TICK_SECONDS, TICK_SECONDS, None]
+
+
+def test_the_containers_tick_asks_again_only_while_an_exit_waits_for_its_output(channel, monkeypatch, tmp_path):
+    monkeypatch.setattr(containers_mod, "BUNDLES", str(tmp_path))
+    containers = containers_mod.Containers(channel.agent)
+    assert containers._tick() is False
+    proc = containers._new_process("c1", tty=False)
+    assert containers._tick() is False  # running: its exit will wake the agent
+    proc.status, proc.exited_at = 0, time.monotonic()
+    proc.stdio = types.SimpleNamespace(drained=lambda exited_at: False, close=lambda: None)
+    assert containers._tick() is True
+    proc.stdio.drained = lambda exited_at: True
+    assert containers._tick() is False and proc.reported

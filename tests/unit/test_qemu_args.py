@@ -119,6 +119,29 @@ def test_microvm_under_tcg_is_told_the_tsc_frequency(monkeypatch):
         assert "tsc_early_khz" not in kernel_cmdline(other)
 
 
+def test_the_guest_trusts_its_tsc_where_the_host_keeps_time_by_it(monkeypatch, tmp_path):
+    """Under TCG the guest's TSC is the host's: trusted (no clocksource watchdog waking an idle guest
+    twice a second) only where the host's own clocksource is the TSC; under KVM always."""
+    from pellucid import config
+    from pellucid.vm import spec as spec_mod
+    from pellucid.vm.assets import Assets
+    assets = Assets("/k", "/i", 1 << 20, "6.1", "k", "i")
+    source = tmp_path / "current_clocksource"
+    monkeypatch.setattr(spec_mod, "CLOCKSOURCE", str(source))
+
+    def cmdline(accel: str) -> list[str]:
+        return kernel_cmdline(spec_mod.make_spec(config.parse(""), assets, accel)).split()
+
+    source.write_text("tsc\n")
+    assert cmdline("tcg").count("tsc=reliable") == 1 and cmdline("kvm").count("tsc=reliable") == 1
+    for host in ("hpet\n", "kvm-clock\n", None):
+        if host is None:
+            source.unlink()
+        else:
+            source.write_text(host)
+        assert "tsc=reliable" not in cmdline("tcg") and "tsc=reliable" in cmdline("kvm")
+
+
 def test_ram_in_a_file_shared_for_a_template_private_for_a_clone():
     for machine, accel in (("q35", "tcg"), ("q35", "kvm"), ("microvm", "tcg"), ("microvm", "kvm")):
         template = build_argv(spec(machine=machine, accelerator=accel, ram_file="/t/ram", memory_mib=512))
