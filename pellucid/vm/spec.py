@@ -15,8 +15,9 @@ def make_spec(cfg: Config, assets: Assets, accelerator: str, *, name: str = "pel
     extra: tuple[str, ...] = ()
     if accelerator == "tcg":
         # Under TCG the guest's TSC is the host's. Where the host keeps time by it, so can the guest,
-        # without the clocksource watchdog that wakes every idle guest twice a second (under TCG each
-        # wake-up costs host CPU: this cuts an idle VM's to a quarter). Under KVM, tsc=reliable is always given.
+        # without the clocksource watchdog that wakes every idle guest twice a second (under TCG
+        # each wake-up costs host CPU: this cuts an idle VM's to a quarter). Under KVM,
+        # kernel_cmdline always gives tsc=reliable.
         if host_clocksource() == "tsc":
             extra += ("tsc=reliable",)
         # microvm has no HPET or ACPI PM timer, so the guest calibrates its TSC against the PIT alone,

@@ -165,8 +165,14 @@ def test_an_idle_agent_sleeps_until_woken_and_ticks_only_while_a_tick_asks(chann
         return []
 
     monkeypatch.setattr(channel.agent.selector, "select", select)
+    others: list[int] = []
+
+    def other_tick() -> bool:
+        others.append(1)
+        return False
+
     channel.agent.on_tick.append(lambda: next(wants))
-    channel.agent.on_tick.append(lambda: False)  # every tick runs, whatever the others answer
+    channel.agent.on_tick.append(other_tick)
     previous = signal.getsignal(signal.SIGCHLD)
     try:
         with pytest.raises(LoopEnds):
@@ -175,6 +181,7 @@ def test_an_idle_agent_sleeps_until_woken_and_ticks_only_while_a_tick_asks(chann
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, previous)
     assert timeouts == [None, TICK_SECONDS, TICK_SECONDS, None]
+    assert len(others) == 3  # every tick runs after every wake-up, whatever the others answer
 
 
 def test_the_containers_tick_asks_again_only_while_an_exit_waits_for_its_output(channel, monkeypatch, tmp_path):
