@@ -37,6 +37,7 @@ import platform
 import signal
 from dataclasses import dataclass
 
+from ..kernfs import read_value
 from . import file_view
 
 # Capabilities (linux/capability.h).
@@ -186,11 +187,8 @@ def _resolve(code: list[str | tuple[int, int | str, int | str, int]]) -> list[In
 
 def qemu_gid() -> int:
     """The group QEMU runs in: the kernel's overflow group (65534, "nogroup" on Debian), which owns nothing."""
-    try:
-        with open("/proc/sys/kernel/overflowgid") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 65534
+    value = read_value("/proc/sys/kernel/overflowgid")
+    return int(value) if value.isdigit() else 65534
 
 
 def cap_mask(caps: frozenset[int]) -> int:
@@ -203,11 +201,8 @@ def cap_mask(caps: frozenset[int]) -> int:
 
 def last_cap() -> int:
     """The highest capability number the running kernel knows."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 40
+    value = read_value("/proc/sys/kernel/cap_last_cap")
+    return int(value) if value.isdigit() else 40
 
 
 # What runs between fork and exec: system calls only, errors raised as OSError.

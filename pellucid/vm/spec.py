@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config
+from ..kernfs import read_value
 from .assets import Assets
 from .qemu_args import Nic, Share, VMSpec
 
@@ -18,7 +19,7 @@ def make_spec(cfg: Config, assets: Assets, accelerator: str, *, name: str = "pel
         # without the clocksource watchdog that wakes every idle guest twice a second (under TCG
         # each wake-up costs host CPU: this cuts an idle VM's to a quarter). Under KVM,
         # kernel_cmdline always gives tsc=reliable.
-        if host_clocksource() == "tsc":
+        if read_value(CLOCKSOURCE) == "tsc":
             extra += ("tsc=reliable",)
         # microvm has no HPET or ACPI PM timer, so the guest calibrates its TSC against the PIT alone,
         # which fails when the host is busy, and then hangs.
@@ -29,14 +30,6 @@ def make_spec(cfg: Config, assets: Assets, accelerator: str, *, name: str = "pel
                   vcpus=vcpus or hv.vcpus, memory_mib=memory_mib or hv.memory_mib, name=name,
                   console_file=console_file, debug=hv.debug_console, shares=shares, nics=nics,
                   extra_cmdline=extra, tcg_tb_size_mib=hv.tcg_tb_size_mib if accelerator == "tcg" else 0)
-
-
-def host_clocksource() -> str:
-    try:
-        with open(CLOCKSOURCE) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def host_tsc_khz() -> int:
